@@ -1,0 +1,77 @@
+"""The public entry points: systems from models, and gradients from solves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import fnn
+from .problems import backward_problem
+from .solvers import check_method, solve
+from .systems import TriangularSystem
+
+__all__ = ["backward_system", "forward_system", "gradients"]
+
+
+def backward_system(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> TriangularSystem:
+    """The upper triangular system ``U v = r`` of backward propagation (THEORY §1).
+
+    Args:
+        model: an ``nn.Sequential`` of ``nn.Linear`` layers, each followed by zero or more
+            element-wise activations (``trilib.fnn.ELEMENTWISE``).
+        x: the input batch, ``(batch, n_0)``, same dtype and device as the model.
+        loss_fn: ``loss_fn(model(x))`` returns the scalar loss E; ``g = dE/dz_k`` comes from
+            autograd on the loss alone.
+
+    Returns:
+        A :class:`~trilib.systems.BlockBidiagonalSystem` with ``upper=True``, whose solution
+        is ``v_l = dE/dy_l`` for l = 1..k.
+
+    Example:
+        >>> import torch, trilib
+        >>> net = trilib.nets.mlp([4, 8, 8, 3], activation="tanh", seed=0)
+        >>> trilib.backward_system(net, torch.randn(2, 4), lambda out: out.square().sum())
+        BlockBidiagonalSystem(upper, k=3, block_sizes=(8, 8, 3), batch=2, dtype=torch.float32, device=cpu)
+    """
+    return backward_problem(model, x, loss_fn).system
+
+
+def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
+    """The lower triangular system of forward propagation (THEORY §1).
+
+    With identity activations (a stack of ``nn.Linear``) it is linear and explicit: a
+    :class:`~trilib.systems.BlockBidiagonalSystem` with ``upper=False``, sub-diagonal blocks
+    ``W_l`` and right-hand side ``(W_1 x + b_1, b_2, ..., b_k)``. Otherwise it is the nonlinear
+    :class:`~trilib.fnn.NonlinearForwardSystem` ``F(z) = 0``. Either way
+    ``trilib.solve(system)[-1]`` equals ``model(x)``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return fnn.forward_system(model, x)
+
+
+def gradients(model: nn.Module, x: torch.Tensor, loss_fn: Callable, method: str = "sequential",
+              **options) -> dict[str, torch.Tensor]:
+    """``dE/dp`` for every parameter, by solving the backward system with ``method``.
+
+    Args:
+        model, x, loss_fn: as for :func:`backward_system`.
+        method: a name from :func:`trilib.methods`.
+        **options: passed to the solver.
+
+    Returns:
+        A dict keyed like ``model.named_parameters()``, each value shaped like its parameter.
+
+    Example:
+        >>> import torch, trilib
+        >>> net = trilib.nets.mlp([4, 8, 3], activation="relu", seed=0)
+        >>> grads = trilib.gradients(net, torch.randn(2, 4), lambda out: out.sum())
+        >>> list(grads)
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+    """
+    check_method(method)
+    problem = backward_problem(model, x, loss_fn)
+    v = solve(problem.system, method=method, **options)
+    return problem.parameter_gradients(v)

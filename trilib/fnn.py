@@ -1,0 +1,270 @@
+"""Feedforward networks (``nn.Sequential`` of ``nn.Linear`` and element-wise activations) as
+triangular systems (THEORY §1).
+
+Layer ``l`` computes ``y_l = W_l z_{l-1} + b_l`` and ``z_l = f_l(y_l)``. Its errors
+``v_l = dE/dy_l`` solve the upper block bi-diagonal system with ``B_l = D_l W_{l+1}^T``,
+``D_l = diag(f_l'(y_l))``; its activations ``z_l`` solve the lower system
+``F_l(z) = z_l - f_l(W_l z_{l-1} + b_l) = 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import jvp
+
+from ._checks import UnsupportedLayerError, check_finite, check_matches, check_scalar_loss
+from .systems import BlockBidiagonalSystem, TriangularSystem
+
+__all__ = ["FNNLayer", "parse_sequential", "NonlinearForwardSystem", "ELEMENTWISE"]
+
+# f'(y) from y and z = f(y) where a closed form is cheaper than forward-mode AD; every other
+# element-wise activation gets its derivative from torch.func.jvp. Tests check all of them
+# against torch.autograd.
+_DERIVATIVES: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    nn.Tanh: lambda m, y, z: 1 - z * z,
+    nn.Sigmoid: lambda m, y, z: z * (1 - z),
+    nn.ReLU: lambda m, y, z: (y > 0).to(y.dtype),
+    nn.LeakyReLU: lambda m, y, z: torch.where(y > 0, 1.0, m.negative_slope).to(y.dtype),
+}
+
+#: Activations trilib treats as element-wise ``z = f(y)`` (exact types; subclasses may not be).
+ELEMENTWISE: tuple[type, ...] = (
+    nn.Identity, nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.Softplus, nn.ELU,
+    nn.SiLU, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.Softsign, nn.CELU, nn.SELU, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Hardsigmoid, nn.Hardswish,
+)
+
+
+@dataclass(frozen=True)
+class FNNLayer:
+    """One layer ``z = f(W z_prev + b)``: an ``nn.Linear`` and the element-wise modules after it."""
+
+    linear: nn.Linear
+    activations: tuple[nn.Module, ...]
+
+    @property
+    def is_linear(self) -> bool:
+        """True when ``f`` is the identity (no activation, or only ``nn.Identity``)."""
+        return all(type(a) is nn.Identity for a in self.activations)
+
+    def activate(self, y: torch.Tensor) -> torch.Tensor:
+        for a in self.activations:
+            y = a(y)
+        return y
+
+    def pre_activation(self, z_prev: torch.Tensor) -> torch.Tensor:
+        return F.linear(z_prev, self.linear.weight, self.linear.bias)
+
+    def forward_with_derivative(self, z_prev: torch.Tensor):
+        """``(z, d)`` with ``z = f(W z_prev + b)`` and ``d = f'(y)`` (``None`` when f = id)."""
+        y = self.pre_activation(z_prev)
+        if self.is_linear:
+            return y, None
+        acts = [a for a in self.activations if type(a) is not nn.Identity]
+        if len(acts) == 1 and type(acts[0]) in _DERIVATIVES:
+            z = acts[0](y)
+            return z, _DERIVATIVES[type(acts[0])](acts[0], y, z)
+        return jvp(self.activate, (y,), (torch.ones_like(y),))
+
+
+def _flatten(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, child in model.named_children():
+        if type(child) is nn.Sequential:
+            out += _flatten(child, f"{prefix}{name}.")
+        else:
+            out.append((f"{prefix}{name}", child))
+    return out
+
+
+def parse_sequential(model: nn.Module) -> list[FNNLayer]:
+    """Split an ``nn.Sequential`` into :class:`FNNLayer` s, or raise a clear error.
+
+    Nested ``nn.Sequential`` containers are flattened. Raises:
+        UnsupportedLayerError: a module that is neither ``nn.Linear`` nor an element-wise
+            activation, or an activation before the first ``nn.Linear``.
+        ValueError: an empty model, or consecutive Linear layers whose widths do not chain.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"expected an nn.Sequential of nn.Linear and activations, "
+                        f"got {type(model).__name__}")
+    supported = ", ".join(t.__name__ for t in ELEMENTWISE)
+    layers: list[list] = []
+    for name, module in _flatten(model):
+        if type(module) is nn.Linear:
+            if layers and module.in_features != layers[-1][0].out_features:
+                raise ValueError(f"layer {name} (Linear) expects {module.in_features} input "
+                                 f"features but the previous Linear produces "
+                                 f"{layers[-1][0].out_features}")
+            layers.append([module, []])
+        elif type(module) in ELEMENTWISE:
+            if not layers:
+                raise UnsupportedLayerError(
+                    f"layer {name} ({type(module).__name__}) comes before the first nn.Linear; "
+                    "an FNN system starts at z_0 = x, so apply it to x before calling trilib")
+            layers[-1][1].append(module)
+        else:
+            raise UnsupportedLayerError(
+                f"layer {name} ({type(module).__name__}) is not supported in an FNN system: "
+                f"use nn.Linear layers each followed by element-wise activations ({supported}). "
+                "Replace or remove it (e.g. fold normalisation into the weights, drop Dropout "
+                "in evaluation).")
+    if not layers:
+        raise ValueError("the model has no nn.Linear layer; an FNN system needs k >= 1 layers")
+    return [FNNLayer(lin, tuple(acts)) for lin, acts in layers]
+
+
+def _check_input(layers: Sequence[FNNLayer], x: torch.Tensor) -> None:
+    first = layers[0].linear
+    params = [p for layer in layers for p in layer.linear.parameters()]
+    for p in params:
+        check_matches("a parameter", p, first.weight.dtype, first.weight.device,
+                      owner="the first layer's weight")
+    check_matches("x", x, first.weight.dtype, first.weight.device)
+    if x.dim() != 2:
+        hint = "; for one sample use x.unsqueeze(0)" if x.dim() == 1 else ""
+        raise ValueError(f"x must be 2-D (batch, features), got shape {tuple(x.shape)}{hint}")
+    if x.shape[1] != first.in_features:
+        raise ValueError(f"x has {x.shape[1]} features but the first Linear expects "
+                         f"{first.in_features}")
+    if x.shape[0] == 0:
+        raise ValueError("x has an empty batch (shape[0] == 0)")
+    check_finite("x", x)
+    for i, p in enumerate(params):
+        check_finite(f"parameter {i} of the model", p)
+
+
+@dataclass
+class FNNRecord:
+    """A forward pass kept for the backward system: ``zs[l]`` is ``z_l`` (``zs[0] = x``) and
+    ``ds[l-1]`` is ``f_l'(y_l)`` or ``None``."""
+
+    layers: list[FNNLayer]
+    zs: list[torch.Tensor]
+    ds: list[torch.Tensor | None]
+
+
+def record_forward(model: nn.Module, x: torch.Tensor) -> FNNRecord:
+    """Check the inputs, then run the forward pass keeping ``z_l`` and ``f_l'(y_l)``."""
+    layers = parse_sequential(model)
+    _check_input(layers, x)
+    zs, ds = [x], []
+    with torch.no_grad():
+        for layer in layers:
+            z, d = layer.forward_with_derivative(zs[-1])
+            zs.append(z)
+            ds.append(d)
+    return FNNRecord(layers, zs, ds)
+
+
+def loss_gradient(output: torch.Tensor, loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(E, dE/d output)`` from autograd on the loss alone."""
+    out = output.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = check_scalar_loss(loss_fn(out))
+        if not loss.requires_grad:
+            raise ValueError("loss_fn's result does not depend on the model output, so there is "
+                             "nothing to propagate backward")
+        (g,) = torch.autograd.grad(loss, out, allow_unused=True)
+    if g is None:
+        raise ValueError("loss_fn's result does not depend on the model output")
+    return loss.detach(), g
+
+
+def backward_system_from_record(rec: FNNRecord, g: torch.Tensor) -> BlockBidiagonalSystem:
+    """``U v = r`` with ``B_l = D_l W_{l+1}^T`` and ``r = (0, ..., 0, D_k g)``."""
+    mats = [layer.linear.weight.detach().t() for layer in rec.layers[1:]]
+    scales = rec.ds[:-1]
+    last = g if rec.ds[-1] is None else rec.ds[-1] * g
+    rhs = [torch.zeros_like(z) for z in rec.zs[1:-1]] + [last]
+    return BlockBidiagonalSystem(mats, scales, rhs, upper=True, symbol="v")
+
+
+def parameter_gradients(model: nn.Module, rec: FNNRecord, v: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``dE/dW_l = sum_batch v_l z_{l-1}^T`` and ``dE/db_l = sum_batch v_l``: all independent."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for layer, vl, z_prev in zip(rec.layers, v, rec.zs[:-1]):
+        grads[names[id(layer.linear.weight)]] += vl.t() @ z_prev
+        if layer.linear.bias is not None:
+            grads[names[id(layer.linear.bias)]] += vl.sum(0)
+    return grads
+
+
+class NonlinearForwardSystem(TriangularSystem):
+    """The forward pass as the nonlinear lower system ``F(z) = 0`` (THEORY §1):
+
+    ``F_l(z) = z_l - f_l(W_l z_{l-1} + b_l)`` with ``z_0 = x``, i.e. ``(I - N)(z) = 0`` for the
+    nonlinear map ``N(z)_l = f_l(W_l z_{l-1} + b_l)``. Forward substitution solves it (that is
+    ordinary forward propagation). Its Jacobian has the lower bi-diagonal pattern with blocks
+    ``-D_l W_l``: :meth:`linearize` returns it as a :class:`BlockBidiagonalSystem` (one Newton
+    step), and :meth:`to_dense` shows it at the forward-propagation solution.
+    """
+
+    upper = False
+    symbol = "z"
+
+    def __init__(self, layers: Sequence[FNNLayer], x: torch.Tensor):
+        self.layers = list(layers)
+        self.x = x
+        widths = [layer.linear.out_features for layer in self.layers]
+        self.rhs = tuple(x.new_zeros(x.shape[0], n) for n in widths)
+        self._point = None
+
+    def layer_map(self, l: int, z_prev: torch.Tensor) -> torch.Tensor:
+        """``f_l(W_l z_prev + b_l)`` for 0-based layer ``l``."""
+        layer = self.layers[l]
+        with torch.no_grad():
+            return layer.activate(layer.pre_activation(z_prev))
+
+    def apply_offdiagonal(self, u: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        prev = [self.x, *u[:-1]]
+        return [self.layer_map(l, p) for l, p in enumerate(prev)]
+
+    def linearize(self, z: Sequence[torch.Tensor]) -> BlockBidiagonalSystem:
+        """The Newton system ``J(z) dz = -F(z)``: unit lower bi-diagonal with
+        ``B_l = D_{l+1} W_{l+1}`` evaluated at ``z``."""
+        self._check_solution(z)
+        prev = [self.x, *z[:-1]]
+        with torch.no_grad():
+            ds = [layer.forward_with_derivative(p)[1] for layer, p in zip(self.layers, prev)]
+        mats = [layer.linear.weight.detach() for layer in self.layers[1:]]
+        return BlockBidiagonalSystem(mats, ds[1:], self.residual(z), upper=False, symbol="dz")
+
+    def _forward_solution(self) -> list[torch.Tensor]:
+        if self._point is None:
+            with torch.no_grad():
+                z, self._point = self.x, []
+                for l in range(self.k):
+                    z = self.layer_map(l, z)
+                    self._point.append(z)
+        return self._point
+
+    def dense_blocks(self, sample: int = 0):
+        return self.linearize(self._forward_solution()).dense_blocks(sample)
+
+
+def linear_forward_system(layers: Sequence[FNNLayer], x: torch.Tensor) -> BlockBidiagonalSystem:
+    """Identity activations: ``z_1 = W_1 x + b_1``, ``z_l - W_l z_{l-1} = b_l``."""
+    batch = x.shape[0]
+    rhs = [layers[0].pre_activation(x)]
+    for layer in layers[1:]:
+        lin = layer.linear
+        b = lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+        rhs.append(b.detach().expand(batch, -1).clone())
+    mats = [layer.linear.weight.detach() for layer in layers[1:]]
+    return BlockBidiagonalSystem(mats, [None] * len(mats), rhs, upper=False, symbol="z")
+
+
+def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
+    layers = parse_sequential(model)
+    _check_input(layers, x)
+    with torch.no_grad():
+        if all(layer.is_linear for layer in layers):
+            return linear_forward_system(layers, x)
+        return NonlinearForwardSystem(layers, x)
