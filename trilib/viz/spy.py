@@ -1,0 +1,54 @@
+"""Spy plots: the sparsity pattern of a system, with its block structure visible."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..systems import TriangularSystem
+
+__all__ = ["spy", "spy_pair"]
+
+
+def _block_labels(system: TriangularSystem, max_labels: int = 16) -> list[str]:
+    k = system.k
+    every = max(1, -(-k // max_labels))
+    return [f"${system.symbol}_{{{i + 1}}}$" if i % every == 0 or i == k - 1 else "" for i in range(k)]
+
+
+def spy(system: TriangularSystem, sample: int = 0, ax=None, title: str | None = None,
+        color: str = "C0"):
+    """Draw the non-zero pattern of ``system.to_dense(sample)`` with block boundaries.
+
+    Grid lines separate the block rows and columns; tick labels name the unknown of each block
+    (``v_l`` for backward systems, ``z_l`` for forward ones). Returns the Matplotlib axes.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 4.2))
+    a = system.to_dense(sample).detach().cpu().numpy()
+    size = a.shape[0]
+    ax.imshow(a != 0, cmap=plt.matplotlib.colors.ListedColormap(["white", color]),
+              interpolation="nearest", extent=(0, size, size, 0))
+    off = np.asarray(system.offsets)
+    for b in off[1:-1]:
+        ax.axhline(b, color="0.6", lw=0.6)
+        ax.axvline(b, color="0.6", lw=0.6)
+    centres = (off[:-1] + off[1:]) / 2
+    labels = _block_labels(system)
+    ax.set_xticks(centres, labels, fontsize=8)
+    ax.set_yticks(centres, labels, fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_xlim(0, size)
+    ax.set_ylim(size, 0)
+    kind = "upper" if system.upper else "lower"
+    ax.set_title(title or f"{kind}: k={system.k}, N={size}, nnz={int((a != 0).sum())}", fontsize=10)
+    return ax
+
+
+def spy_pair(forward, backward, sample: int = 0, figsize=(9, 4.4)):
+    """Forward (lower) and backward (upper) systems side by side; returns the figure."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=figsize)
+    spy(forward, sample, ax=left, title=f"forward: lower, k={forward.k}", color="C2")
+    spy(backward, sample, ax=right, title=f"backward: upper, k={backward.k}", color="C0")
+    fig.tight_layout()
+    return fig
