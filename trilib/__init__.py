@@ -10,10 +10,11 @@ Example:
     >>> grads = trilib.gradients(net, x, lambda out: out.square().mean())
 """
 
-from . import nets, trace
+from . import data, nets, trace
 from ._checks import MemoryLimitError, UnsupportedLayerError, config
 from .api import backward_system, forward_system, gradients
 from .solvers import methods, solve
+from .training import backward
 from .systems import BlockBidiagonalSystem, TriangularSystem
 from .fnn import NonlinearForwardSystem
 
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockBidiagonalSystem", "MemoryLimitError", "NonlinearForwardSystem", "TriangularSystem",
-    "UnsupportedLayerError", "backward_system", "config", "forward_system", "gradients",
+    "UnsupportedLayerError", "backward", "backward_system", "data", "config", "forward_system", "gradients",
     "methods", "nets", "solve", "trace", "viz",
 ]
 
