@@ -15,28 +15,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import jvp
 
 from ._checks import UnsupportedLayerError, check_finite, check_matches, check_scalar_loss
 from .systems import BlockBidiagonalSystem, TriangularSystem
 
 __all__ = ["FNNLayer", "parse_sequential", "NonlinearForwardSystem", "ELEMENTWISE"]
 
-# f'(y) from y and z = f(y) where a closed form is cheaper than forward-mode AD; every other
-# element-wise activation gets its derivative from torch.func.jvp. Tests check all of them
-# against torch.autograd.
+# f'(y) from y and z = f(y) in closed form, with the formulas of autograd's own backward kernels,
+# for the activations where that is cheaper than a local autograd call (the fallback below).
+# Tests check all of them against torch.autograd.
 _DERIVATIVES: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     nn.Tanh: lambda m, y, z: 1 - z * z,
     nn.Sigmoid: lambda m, y, z: z * (1 - z),
     nn.ReLU: lambda m, y, z: (y > 0).to(y.dtype),
-    nn.LeakyReLU: lambda m, y, z: torch.where(y > 0, 1.0, m.negative_slope).to(y.dtype),
+    nn.LeakyReLU: lambda m, y, z: torch.ones_like(y).masked_fill_(y <= 0, m.negative_slope),
 }
 
 #: Activations trilib treats as element-wise ``z = f(y)`` (exact types; subclasses may not be).
+#: Each has a dedicated autograd kernel for f'. Composite ones such as Tanhshrink (y - tanh y)
+#: and Softsign are left out: autograd differentiates them through their parts, with
+#: cancellation, so no separately computed f' can match it to 1e-12.
 ELEMENTWISE: tuple[type, ...] = (
     nn.Identity, nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.Softplus, nn.ELU,
-    nn.SiLU, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.Softsign, nn.CELU, nn.SELU, nn.Tanhshrink,
-    nn.LogSigmoid, nn.Hardsigmoid, nn.Hardswish,
+    nn.SiLU, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.CELU, nn.SELU, nn.LogSigmoid, nn.Hardsigmoid,
+    nn.Hardswish,
 )
 
 
@@ -69,12 +71,20 @@ class FNNLayer:
         if len(acts) == 1 and type(acts[0]) in _DERIVATIVES:
             z = acts[0](y)
             return z, _DERIVATIVES[type(acts[0])](acts[0], y, z)
-        return jvp(self.activate, (y,), (torch.ones_like(y),))
+        # Other activations: f'(y) from autograd on the activation alone (element-wise, so the
+        # vector-Jacobian product with ones is the diagonal), with the same kernels autograd
+        # uses when it backpropagates through the model.
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            z = self.activate(y)
+            (d,) = torch.autograd.grad(z, y, torch.ones_like(z))
+        return z.detach(), d
 
 
 def _flatten(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     out = []
-    for name, child in model.named_children():
+    # _modules, not named_children(): a module used twice (shared weights) must appear twice.
+    for name, child in model._modules.items():
         if type(child) is nn.Sequential:
             out += _flatten(child, f"{prefix}{name}.")
         else:
@@ -121,10 +131,11 @@ def parse_sequential(model: nn.Module) -> list[FNNLayer]:
 
 def _check_input(layers: Sequence[FNNLayer], x: torch.Tensor) -> None:
     first = layers[0].linear
-    params = [p for layer in layers for p in layer.linear.parameters()]
+    params = [p for layer in layers for p in (layer.linear.weight, layer.linear.bias) if p is not None]
+    want = (first.weight.dtype, first.weight.device)
     for p in params:
-        check_matches("a parameter", p, first.weight.dtype, first.weight.device,
-                      owner="the first layer's weight")
+        if (p.dtype, p.device) != want or not p.is_floating_point():
+            check_matches("a parameter", p, *want, owner="the first layer's weight")
     check_matches("x", x, first.weight.dtype, first.weight.device)
     if x.dim() != 2:
         hint = "; for one sample use x.unsqueeze(0)" if x.dim() == 1 else ""
@@ -135,8 +146,11 @@ def _check_input(layers: Sequence[FNNLayer], x: torch.Tensor) -> None:
     if x.shape[0] == 0:
         raise ValueError("x has an empty batch (shape[0] == 0)")
     check_finite("x", x)
-    for i, p in enumerate(params):
-        check_finite(f"parameter {i} of the model", p)
+    # One fused reduction over all parameters: a non-finite entry makes its norm non-finite (a
+    # finite overflow only costs the slow path); the per-parameter check names the culprit.
+    if params and not torch.isfinite(torch.stack(torch._foreach_norm(params, 2))).all():
+        for i, p in enumerate(params):
+            check_finite(f"parameter {i} of the model", p)
 
 
 @dataclass
@@ -149,16 +163,35 @@ class FNNRecord:
     ds: list[torch.Tensor | None]
 
 
+# f'(y) from z = f(y) alone, for activations whose derivative needs nothing else: computed
+# after the forward loop for all layers of one kind and shape at once (one op instead of k).
+_FROM_OUTPUT: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.Tanh: lambda z: 1 - z * z,
+    nn.Sigmoid: lambda z: z * (1 - z),
+    nn.ReLU: lambda z: (z > 0).to(z.dtype),          # z > 0 exactly when y > 0
+}
+
+
 def record_forward(model: nn.Module, x: torch.Tensor) -> FNNRecord:
     """Check the inputs, then run the forward pass keeping ``z_l`` and ``f_l'(y_l)``."""
     layers = parse_sequential(model)
     _check_input(layers, x)
-    zs, ds = [x], []
+    zs: list[torch.Tensor] = [x]
+    ds: list[torch.Tensor | None] = [None] * len(layers)
+    later: dict[tuple, list[int]] = {}   # (activation type, shape) -> layers whose d waits
     with torch.no_grad():
-        for layer in layers:
-            z, d = layer.forward_with_derivative(zs[-1])
+        for l, layer in enumerate(layers):
+            acts = layer.activations
+            if len(acts) == 1 and type(acts[0]) in _FROM_OUTPUT:
+                z = acts[0](layer.pre_activation(zs[-1]))
+                later.setdefault((type(acts[0]), z.shape), []).append(l)
+            else:
+                z, ds[l] = layer.forward_with_derivative(zs[-1])
             zs.append(z)
-            ds.append(d)
+        for (kind, _), idx in later.items():
+            stacked = torch.stack([zs[l + 1] for l in idx])
+            for l, d in zip(idx, _FROM_OUTPUT[kind](stacked).unbind(0)):
+                ds[l] = d
     return FNNRecord(layers, zs, ds)
 
 
@@ -181,19 +214,28 @@ def backward_system_from_record(rec: FNNRecord, g: torch.Tensor) -> BlockBidiago
     mats = [layer.linear.weight.detach().t() for layer in rec.layers[1:]]
     scales = rec.ds[:-1]
     last = g if rec.ds[-1] is None else rec.ds[-1] * g
-    rhs = [torch.zeros_like(z) for z in rec.zs[1:-1]] + [last]
+    # Rows 1..k-1 have r_l = 0: one zero tensor per distinct width, shared (solvers are pure
+    # functions and never write into the right-hand side).
+    zeros: dict[tuple, torch.Tensor] = {}
+    rhs = [zeros.setdefault(tuple(z.shape), torch.zeros_like(z)) for z in rec.zs[1:-1]] + [last]
     return BlockBidiagonalSystem(mats, scales, rhs, upper=True, symbol="v")
 
 
 def parameter_gradients(model: nn.Module, rec: FNNRecord, v: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """``dE/dW_l = sum_batch v_l z_{l-1}^T`` and ``dE/db_l = sum_batch v_l``: all independent."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    named = list(model.named_parameters())
+    names = {id(p): n for n, p in named}
+    found: dict[str, torch.Tensor] = {}
+
+    def add(p: torch.Tensor, g: torch.Tensor) -> None:
+        n = names[id(p)]
+        found[n] = g if n not in found else found[n] + g   # a Linear used twice accumulates
+
     for layer, vl, z_prev in zip(rec.layers, v, rec.zs[:-1]):
-        grads[names[id(layer.linear.weight)]] += vl.t() @ z_prev
+        add(layer.linear.weight, vl.t() @ z_prev)
         if layer.linear.bias is not None:
-            grads[names[id(layer.linear.bias)]] += vl.sum(0)
-    return grads
+            add(layer.linear.bias, vl.sum(0))
+    return {n: found[n] if n in found else torch.zeros_like(p) for n, p in named}
 
 
 class NonlinearForwardSystem(TriangularSystem):
