@@ -21,16 +21,6 @@ from .systems import BlockBidiagonalSystem, TriangularSystem
 
 __all__ = ["FNNLayer", "parse_sequential", "NonlinearForwardSystem", "ELEMENTWISE"]
 
-# f'(y) from y and z = f(y) in closed form, with the formulas of autograd's own backward kernels,
-# for the activations where that is cheaper than a local autograd call (the fallback below).
-# Tests check all of them against torch.autograd.
-_DERIVATIVES: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    nn.Tanh: lambda m, y, z: 1 - z * z,
-    nn.Sigmoid: lambda m, y, z: z * (1 - z),
-    nn.ReLU: lambda m, y, z: (y > 0).to(y.dtype),
-    nn.LeakyReLU: lambda m, y, z: torch.ones_like(y).masked_fill_(y <= 0, m.negative_slope),
-}
-
 #: Activations trilib treats as element-wise ``z = f(y)`` (exact types; subclasses may not be).
 #: Each has a dedicated autograd kernel for f'. Composite ones such as Tanhshrink (y - tanh y)
 #: and Softsign are left out: autograd differentiates them through their parts, with
@@ -63,17 +53,14 @@ class FNNLayer:
         return F.linear(z_prev, self.linear.weight, self.linear.bias)
 
     def forward_with_derivative(self, z_prev: torch.Tensor):
-        """``(z, d)`` with ``z = f(W z_prev + b)`` and ``d = f'(y)`` (``None`` when f = id)."""
+        """``(z, d)`` with ``z = f(W z_prev + b)`` and ``d = f'(y)`` (``None`` when f = id).
+
+        ``d`` comes from autograd on the activation alone: it is element-wise, so the
+        vector-Jacobian product with ones is the diagonal of its Jacobian.
+        """
         y = self.pre_activation(z_prev)
         if self.is_linear:
             return y, None
-        acts = [a for a in self.activations if type(a) is not nn.Identity]
-        if len(acts) == 1 and type(acts[0]) in _DERIVATIVES:
-            z = acts[0](y)
-            return z, _DERIVATIVES[type(acts[0])](acts[0], y, z)
-        # Other activations: f'(y) from autograd on the activation alone (element-wise, so the
-        # vector-Jacobian product with ones is the diagonal), with the same kernels autograd
-        # uses when it backpropagates through the model.
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             z = self.activate(y)

@@ -52,3 +52,22 @@ def spy_pair(forward, backward, sample: int = 0, figsize=(9, 4.4)):
     spy(backward, sample, ax=right, title=f"backward: upper, k={backward.k}", color="C0")
     fig.tight_layout()
     return fig
+
+
+def spy_mlp(k: int = 4, n: int = 3, activation: str = "tanh", n_in: int | None = None,
+            seed: int = 0):
+    """Build a k-layer MLP of width n and draw its forward and backward systems side by side.
+
+    Meant for sliders: ``ipywidgets.interact(trilib.viz.spy_mlp, k=(1, 16), n=(1, 8))``.
+    Returns the figure.
+    """
+    import torch
+
+    from ..api import backward_system, forward_system
+    from ..nets import mlp
+
+    net = mlp([n_in or n] + [n] * k, activation=activation, seed=seed, dtype=torch.float64)
+    x = torch.randn(1, n_in or n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    fig = spy_pair(forward_system(net, x), backward_system(net, x, lambda out: out.square().sum()))
+    plt.show()
+    return fig
