@@ -1,0 +1,255 @@
+"""Direct parallel solvers (issue 3) against independent oracles: torch.autograd,
+torch.linalg.solve_triangular on the dense matrix, and torch's associative_scan."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch._higher_order_ops import associative_scan
+
+import trilib
+from trilib.solvers import blelloch, cyclic_reduction, parallel_cyclic_reduction, recursive_doubling
+
+METHODS = ["recursive_doubling", "blelloch", "cyclic_reduction", "parallel_cyclic_reduction"]
+MODULES = {"recursive_doubling": recursive_doubling, "blelloch": blelloch,
+           "cyclic_reduction": cyclic_reduction, "parallel_cyclic_reduction": parallel_cyclic_reduction}
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA GPU"))]
+
+
+def ceil_log2(k):
+    return math.ceil(math.log2(k)) if k > 1 else 0
+
+
+def random_system(sizes, upper, batch=3, dtype=torch.float64, device="cpu", shared=True,
+                  scaled=True, seed=0):
+    """A random block bi-diagonal system with widths ``sizes`` (blocks scaled to stay O(1))."""
+    gen = torch.Generator().manual_seed(seed)
+    mats, scales = [], []
+    for l in range(len(sizes) - 1):
+        rows, cols = (sizes[l], sizes[l + 1]) if upper else (sizes[l + 1], sizes[l])
+        shape = (rows, cols) if shared else (batch, rows, cols)
+        mats.append((torch.randn(shape, generator=gen, dtype=torch.float64) / cols**0.5).to(device, dtype))
+        scales.append((torch.rand(batch, rows, generator=gen, dtype=torch.float64) + 0.5).to(device, dtype)
+                      if scaled else None)
+    rhs = [torch.randn(batch, n, generator=gen, dtype=torch.float64).to(device, dtype) for n in sizes]
+    return trilib.BlockBidiagonalSystem(mats, scales, rhs, upper=upper)
+
+
+def dense_solution(system, sample):
+    a = system.to_dense(sample)
+    r = system.rhs_dense(sample).unsqueeze(-1)
+    return torch.linalg.solve_triangular(a, r, upper=system.upper, unitriangular=True).squeeze(-1)
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+# -- solutions against the dense triangular solve -----------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("upper", [True, False])
+@pytest.mark.parametrize("sizes", [[4], [3, 5], [2, 6, 1, 4, 4, 3, 7], [3] * 13, [1, 8, 2] * 7])
+@pytest.mark.parametrize("shared", [True, False])
+def test_matches_dense_triangular_solve(method, upper, sizes, shared):
+    system = random_system(sizes, upper, shared=shared, scaled=not shared)
+    u = trilib.solve(system, method)
+    assert [t.shape for t in u] == [r.shape for r in system.rhs]
+    for s in range(system.batch_size):
+        ref = dense_solution(system, s)
+        assert rel(torch.cat([t[s] for t in u]), ref) < 1e-12
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-12)])
+def test_dtypes_and_devices(method, device, dtype, tol):
+    system = random_system([5, 3, 6, 2, 5, 4, 4, 3, 2], upper=True, dtype=dtype, device=device)
+    u = trilib.solve(system, method)
+    ref = trilib.solve(random_system([5, 3, 6, 2, 5, 4, 4, 3, 2], upper=True), "sequential")
+    for a, b in zip(u, ref):
+        assert a.dtype == dtype and a.device.type == device
+        assert rel(a.double().cpu(), b) < tol
+
+
+# -- the same affine recurrences through torch's associative_scan ----------------------------
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 16, 37])
+@pytest.mark.parametrize("upper", [True, False])
+def test_matches_associative_scan(method, k, upper):
+    n, batch = 3, 2
+    system = random_system([n] * k, upper, batch=batch, shared=False, scaled=False, seed=k)
+    # scan order: the row substitution solves first comes first
+    rows = list(range(k - 1, -1, -1)) if upper else list(range(k))
+    A = torch.zeros(k, batch, n, n, dtype=torch.float64)
+    for l in range(k - 1):
+        row, _ = system.row_col(l)
+        A[rows.index(row)] = system.block(l)
+    c = torch.stack([system.rhs[row] for row in rows])
+
+    def compose(earlier, later):        # (A, c) ∘ (A', c') = (A A', c + A c')
+        (A1, c1), (A2, c2) = earlier, later
+        return A2 @ A1, c2 + (A2 @ c1.unsqueeze(-1)).squeeze(-1)
+
+    _, scanned = associative_scan(compose, (A, c), dim=0, combine_mode="generic")
+    u = trilib.solve(system, method)
+    for p, row in enumerate(rows):
+        assert rel(u[row], scanned[p]) < 1e-12
+
+
+# -- gradients against torch.autograd ---------------------------------------------------------
+def autograd_gradients(net, x, loss_fn):
+    net.zero_grad()
+    loss_fn(net(x)).backward()
+    return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def assert_gradients_match(net, x, loss_fn, method):
+    ref = autograd_gradients(net, x, loss_fn)
+    got = trilib.gradients(net, x, loss_fn, method=method)
+    assert got.keys() == ref.keys()
+    num = math.sqrt(sum(float((got[n] - ref[n]).pow(2).sum()) for n in ref))
+    den = math.sqrt(sum(float(ref[n].pow(2).sum()) for n in ref))
+    assert num <= 1e-12 * den
+
+
+@settings(max_examples=6, deadline=None)
+@given(depth=st.integers(1, 300), width=st.integers(1, 4), seed=st.integers(0, 10**6),
+       activation=st.sampled_from(["tanh", "relu", "sigmoid", "gelu"]))
+def test_gradients_equal_autograd_random_nets(depth, width, seed, activation):
+    gen = torch.Generator().manual_seed(seed)
+    widths = [3] + torch.randint(1, width + 1, (depth,), generator=gen).tolist()
+    net = trilib.nets.mlp(widths, activation=activation, seed=seed, dtype=torch.float64)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    for method in METHODS:
+        assert_gradients_match(net, x, lambda out: out.square().sum(), method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_equal_autograd_depth_300(method):
+    torch.manual_seed(1)
+    net = trilib.nets.mlp([2] + [3] * 299 + [2], activation="tanh", seed=3, weight_scale=1.5,
+                          dtype=torch.float64)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1])
+    assert_gradients_match(net, x, lambda out: torch.nn.functional.cross_entropy(out, labels), method)
+
+
+def test_depth_one_and_two():
+    for widths in ([3, 2], [3, 4, 2]):
+        net = trilib.nets.mlp(widths, seed=0, dtype=torch.float64)
+        x = torch.randn(2, 3, dtype=torch.float64)
+        for method in METHODS:
+            assert_gradients_match(net, x, lambda out: out.sum(), method)
+
+
+def test_linear_forward_system_solves_forward_pass():
+    net = trilib.nets.mlp([3, 5, 2, 6, 4], activation="identity", seed=0, dtype=torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    system = trilib.forward_system(net, x)
+    assert not system.upper
+    for method in METHODS:
+        z = trilib.solve(system, method)
+        assert rel(z[-1], net(x).detach()) < 1e-12
+
+
+# -- traces: exact steps and work for k = 1..300 ----------------------------------------------
+def test_step_and_work_counts_k_1_to_300():
+    for k in range(1, 301):
+        system = random_system([1] * k, upper=bool(k % 2), batch=1, seed=k)
+        L = ceil_log2(k)
+        for method, mod in MODULES.items():
+            _, trace = trilib.solve(system, method, return_trace=True)
+            assert trace.work == mod.work(k) == sum(len(p) for p in trace.combines)
+            assert len(trace.combines) == trace.steps and all(trace.combines)
+            if method in ("recursive_doubling", "parallel_cyclic_reduction"):
+                assert trace.steps == L
+                assert trace.work == k * L - 2**L + 1
+            else:
+                assert trace.steps <= 2 * L
+                assert trace.steps == mod.steps(k)
+            if method == "blelloch":
+                assert trace.work == 2 * k - bin(k).count("1") - int(math.log2(k)) - 1
+                assert trace.steps == int(math.log2(k)) + (int(math.log2(k // 3)) + 1 if k >= 3 else 0)
+            if method == "cyclic_reduction":
+                assert trace.work == sum(math.ceil(k / 2**i) - 1 for i in range(L))
+                assert trace.steps == max(0, 2 * L - 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_trace_pairs_are_block_rows_and_every_row_is_reached(method):
+    for upper in (True, False):
+        k = 11
+        _, trace = trilib.solve(random_system([2] * k, upper), method, return_trace=True)
+        first = k - 1 if upper else 0
+        touched = {t for pairs in trace.combines for t, _ in pairs}
+        assert touched == set(range(k)) - {first}
+        for pairs in trace.combines:
+            for t, s in pairs:
+                assert 0 <= s < k and ((s > t) if upper else (s < t))
+
+
+# -- the cost guard ---------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_memory_guard_option(method):
+    system = random_system([8] * 10, upper=True)
+    with pytest.raises(trilib.MemoryLimitError, match=r"(?s)method='.*sequential.*iterative"):
+        trilib.solve(system, method, memory_limit=1000)
+    trilib.solve(system, method, memory_limit=10**9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_memory_guard_config(method, monkeypatch):
+    system = random_system([8] * 10, upper=True)
+    monkeypatch.setattr(trilib.config, "memory_limit_bytes", 1000)
+    with pytest.raises(trilib.MemoryLimitError, match=r"would need about .* KiB.*sequential"):
+        trilib.solve(system, method)
+
+
+def test_memory_guard_raises_before_allocating(monkeypatch):
+    system = random_system([8] * 10, upper=True)
+    monkeypatch.setattr(torch.Tensor, "new_zeros", lambda *a, **kw: pytest.fail("allocated"))
+    with pytest.raises(trilib.MemoryLimitError):
+        trilib.solve(system, "blelloch", memory_limit=1)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "1GB", True])
+def test_memory_limit_must_be_positive_int(bad):
+    with pytest.raises(ValueError, match="memory_limit must be a positive int"):
+        trilib.solve(random_system([2, 2], upper=True), "recursive_doubling", memory_limit=bad)
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(TypeError, match="tolerance"):
+        trilib.solve(random_system([2, 2], upper=True), "blelloch", tolerance=1e-3)
+
+
+# -- plots ---------------------------------------------------------------------------------
+def test_tree_plots_draw_from_the_trace():
+    import matplotlib
+    matplotlib.use("Agg")
+    from trilib.viz import plot_counts, plot_tree, tree_trace
+
+    for method in METHODS:
+        trace = tree_trace(method, 9)
+        ax = plot_tree(trace, k=9, step=1)
+        assert len(ax.lines) > 0
+        assert method in ax.get_title()
+    with pytest.raises(ValueError, match="step"):
+        plot_tree(tree_trace("blelloch", 9), k=9, step=99)
+    fig = plot_counts(METHODS + ["sequential"], ks=range(1, 20))
+    assert len(fig.axes) == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_tree_trace_rejects_bad_k(bad):
+    from trilib.viz import tree_trace
+
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        tree_trace("blelloch", bad)
+    with pytest.raises(ValueError, match="unknown method"):
+        tree_trace("bogus", 4)

@@ -1,0 +1,80 @@
+"""Cyclic (odd–even) reduction: halve the system, recurse, back-substitute.
+
+Number the equations in elimination order ``q = 0..k-1`` so that equation ``q`` couples to the
+next one only, ``u_q = C_q u_{q+1} + f_q`` (the upper system's block rows; the lower system's
+rows counted from the bottom), with ``C_{k-1} = 0``.
+
+* **Reduction.** Keep the even equations of the active list; each absorbs the odd equation
+  after it (``C <- C C'``, ``f <- f + C f'``) and now couples to the next even one: a
+  bi-diagonal system of half the size. Repeat until one equation is left; it is solved.
+* **Back-substitution.** Level by level in reverse, each eliminated (odd) equation takes its
+  solved successor: ``u_q = f_q + C_q u_{q'}``, a mat-vec. The last equation of a level never
+  needs this: it already couples to nothing.
+
+The loop over levels *is* the tree: the list of active equations halves on the way down and
+the saved lists are replayed on the way up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..systems import BlockBidiagonalSystem
+from . import register
+from ._affine import affine_rows, ceil_log2, combine
+
+
+def steps(k: int) -> int:
+    """Parallel steps: ``⌈log2 k⌉`` reductions and ``⌈log2 k⌉ - 1`` back-substitutions
+    (the level of two equations has nothing to substitute); ``2⌈log2 k⌉ - 1`` for k >= 2."""
+    return max(0, 2 * ceil_log2(k) - 1)
+
+
+def work(k: int) -> int:
+    """Block products: a level of ``m`` equations does ``⌊m/2⌋`` reductions and ``⌊(m-1)/2⌋``
+    back-substitutions, ``m - 1`` in all; with ``m_i = ⌈k/2^i⌉`` the total is
+    ``Σ_{i<⌈log2 k⌉} (⌈k/2^i⌉ - 1)``."""
+    return sum(-(-k // 2**i) - 1 for i in range(ceil_log2(k)))
+
+
+@register("cyclic_reduction", BlockBidiagonalSystem)
+def cyclic_reduction(system: BlockBidiagonalSystem, trace, memory_limit: int | None = None
+                     ) -> list[torch.Tensor]:
+    """Solve a block bi-diagonal system by odd–even cyclic reduction.
+
+    Args:
+        system: upper or lower :class:`BlockBidiagonalSystem`, any k >= 1.
+        trace: one step per reduction level, then one per back-substitution level; pairs
+            ``(equation, equation it uses)`` in block rows.
+        memory_limit: bytes allowed for the padded ``n x n`` products.
+
+    Returns:
+        ``k`` tensors ``(batch, n_l)``. Steps: ``2⌈log2 k⌉ - 1`` (k >= 2); work:
+        ``Σ_{i<⌈log2 k⌉} (⌈k/2^i⌉ - 1)`` (see :func:`work`), about ``2k``.
+
+    Example:
+        >>> import torch, trilib
+        >>> net = trilib.nets.mlp([3, 4, 4, 4, 2], seed=0, dtype=torch.float64)
+        >>> U = trilib.backward_system(net, torch.randn(5, 3, dtype=torch.float64), lambda o: o.sum())
+        >>> v, trace = trilib.solve(U, "cyclic_reduction", return_trace=True)
+        >>> trace.steps, trace.work
+        (3, 4)
+    """
+    k = system.k
+    maps = affine_rows(system, "cyclic_reduction", live_products=k // 2, memory_limit=memory_limit)
+    p = maps.index(range(k - 1, -1, -1))        # p[q]: scan position of equation q
+    active = torch.arange(k, device=p.device)   # the equations q of the current level
+    levels = []
+    while len(active) > 1:                      # reduction: evens absorb the odd after them
+        levels.append(active)
+        evens, odds = active[0:-1:2], active[1::2]
+        trace.add_step(maps.pairs(p[evens], p[odds]))
+        combine(maps, p[evens], p[odds])
+        active = active[0::2]
+    for active in reversed(levels):             # back-substitution: odds take their successor
+        odds, successors = active[1:-1:2], active[2::2]
+        if len(odds) == 0:
+            continue
+        trace.add_step(maps.pairs(p[odds], p[successors]))
+        combine(maps, p[odds], p[successors], matrix=False)
+    return maps.solution(system)

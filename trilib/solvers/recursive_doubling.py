@@ -1,0 +1,56 @@
+"""Recursive doubling (Stone 1973; Hillis–Steele / Kogge–Stone scan): ⌈log2 k⌉ steps.
+
+Every row is an affine map ``u_p = A_p u_{p-1} + c_p`` in scan order (see ``_affine.py``).
+In step ``s`` every row ``p >= d = 2^s`` absorbs the row ``d`` places before it. Afterwards row
+``p`` covers the ``2d`` rows ending at ``p``; once ``d >= k`` every row reaches ``p = 0`` and
+holds its solution. All rows work in every step: the fewest steps, but ``~k log2 k`` products.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..systems import BlockBidiagonalSystem
+from . import register
+from ._affine import affine_rows, ceil_log2, combine
+
+
+def work(k: int) -> int:
+    """Block products of recursive doubling: ``Σ_{s<L} (k - 2^s) = k L - 2^L + 1``, L = ⌈log2 k⌉."""
+    L = ceil_log2(k)
+    return k * L - 2**L + 1
+
+
+@register("recursive_doubling", BlockBidiagonalSystem)
+def recursive_doubling(system: BlockBidiagonalSystem, trace, memory_limit: int | None = None
+                       ) -> list[torch.Tensor]:
+    """Solve a block bi-diagonal system by recursive doubling.
+
+    Args:
+        system: upper (backward) or lower (forward) :class:`BlockBidiagonalSystem`, any k >= 1.
+        trace: receives one step per doubling: pairs ``(row p, row p - d)`` in block rows.
+        memory_limit: bytes allowed for the padded ``n x n`` products (default
+            ``trilib.config.memory_limit_bytes``).
+
+    Returns:
+        ``k`` tensors ``(batch, n_l)``. Steps: exactly ``⌈log2 k⌉``; work (one combine = one
+        block product): ``k ⌈log2 k⌉ - 2^⌈log2 k⌉ + 1`` (see :func:`work`).
+
+    Example:
+        >>> import torch, trilib
+        >>> net = trilib.nets.mlp([3, 4, 4, 4, 2], seed=0, dtype=torch.float64)
+        >>> U = trilib.backward_system(net, torch.randn(5, 3, dtype=torch.float64), lambda o: o.sum())
+        >>> v, trace = trilib.solve(U, "recursive_doubling", return_trace=True)
+        >>> trace.steps, trace.work, trace.combines[1]
+        (2, 5, [(1, 3), (0, 2)])
+    """
+    k = system.k
+    maps = affine_rows(system, "recursive_doubling", live_products=k - 1, memory_limit=memory_limit)
+    d = 1
+    while d < k:                                # one step per doubling of the distance d
+        targets = maps.index(range(d, k))       # every row that has a row d places before it
+        sources = targets - d
+        trace.add_step(maps.pairs(targets, sources))
+        combine(maps, targets, sources, matrix=2 * d < k)   # the last step needs only c
+        d *= 2
+    return maps.solution(system)
