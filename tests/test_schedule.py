@@ -1,0 +1,122 @@
+"""Model-parallel schedules (issue 4): simulated counts against closed forms, and the timelines
+checked for validity (one task per device at a time, dependencies, messages before use)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+import trilib  # noqa: E402
+from trilib.schedule import METHODS, closed_form, simulate  # noqa: E402
+from trilib.viz.gantt import convergence, gantt, gantt_grid  # noqa: E402
+
+GRID = [(k, P, m) for k in (1, 2, 4, 6, 8, 12) for P in range(1, k + 1) if k % P == 0 for m in (1, 2, 5)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_counts_match_closed_forms(method):
+    for k, P, m in GRID:
+        s = simulate(method, k, P, m)
+        got = {key: s.summary()[key] for key in ("steps", "messages", "idle", "work")}
+        assert got == closed_form(method, k, P, m), (method, k, P, m)
+        assert s.idle == sum(s.steps - b for b in s.busy())
+
+
+def test_closed_forms_by_hand():
+    k, P, m = 12, 4, 3
+    b = k // P
+    assert closed_form("sequential", k, P, m) == {"steps": m * k, "messages": m * (P - 1),
+                                                  "idle": m * k * (P - 1), "work": m * k}
+    assert closed_form("jacobi", k, P, m)["steps"] == b * (k + m - 1)
+    assert closed_form("jacobi", k, P, m)["idle"] == k * (k - 1)
+    assert closed_form("block_jacobi", k, P, m)["steps"] == b * (P + m - 1)
+    assert closed_form("block_jacobi", k, P, m)["idle"] == k * (P - 1)
+    R = math.ceil(math.log2(P))
+    assert closed_form("tree", k, P, m)["steps"] == m * (2 * b + R)
+    assert closed_form("tree", k, P, m)["messages"] == m * sum(P - 2**r for r in range(R))
+
+
+def test_special_cases_agree():
+    for k, m in [(6, 1), (8, 3)]:
+        # one layer per device: point and block Jacobi are the same pipeline, k + m - 1 steps
+        assert simulate("jacobi", k, k, m).steps == simulate("block_jacobi", k, k, m).steps == k + m - 1
+        # one device: every schedule but point Jacobi is substitution, m k steps
+        for method in ("sequential", "block_jacobi", "tree"):
+            assert simulate(method, k, 1, m).steps == m * k
+    assert simulate("tree", 8, 8, 1).rounds == 3                  # ⌈log2 P⌉ communication rounds
+    assert simulate("block_jacobi", 8, 8, 1).rounds == 7          # P - 1 for a pipeline
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_timelines_are_valid(method):
+    for k, P, m in GRID:
+        s = simulate(method, k, P, m)
+        slots = [(t.device, t.start) for t in s.tasks]
+        assert len(slots) == len(set(slots)), "a device does two things at once"
+        b = k // P
+        assert all(t.device == t.layer // b for t in s.tasks), "a device works on a layer it does not own"
+        if method == "tree":
+            continue
+        done = {(t.micro_batch, t.layer): t.start for t in s.tasks}
+        assert len(done) == len(s.tasks) == m * k, "every (micro-batch, layer) exactly once"
+        for (j, l), start in done.items():
+            if l:
+                assert done[(j, l - 1)] + 1 <= start, (method, j, l)
+        for msg in s.messages:
+            nxt = [t for t in s.tasks if t.micro_batch == msg.micro_batch and t.device == msg.dst]
+            assert min(t.start for t in nxt) >= msg.time
+
+
+def test_tree_phases_follow_rounds():
+    s = simulate("tree", 8, 4, 2)
+    by_kind = defaultdict(list)
+    for t in s.tasks:
+        by_kind[t.kind].append(t)
+    assert max(t.start for t in by_kind["layer"]) < min(t.start for t in by_kind["combine"])
+    assert max(t.start for t in by_kind["combine"]) < min(t.start for t in by_kind["apply"])
+    assert {t.device for t in by_kind["apply"]} == {1, 2, 3}
+    assert sorted({(m.src, m.dst) for m in s.messages}) == [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)]
+
+
+@pytest.mark.parametrize("args,match", [
+    (("pipeline", 4, 2, 1), "unknown schedule 'pipeline'"),
+    (("jacobi", 6, 4, 1), "P must divide k"),
+    (("jacobi", 4, 8, 1), "P must divide k"),
+    (("jacobi", 4, 2, 0), "m must be an int >= 1, got 0"),
+    (("jacobi", 0, 1, 1), "k must be an int >= 1"),
+    (("jacobi", 4, 2.0, 1), "P must be an int >= 1"),
+])
+def test_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        simulate(*args)
+    with pytest.raises(ValueError, match=match):
+        closed_form(*args)
+
+
+def test_gantt_draws_every_task():
+    s = simulate("block_jacobi", 8, 4, 3)
+    ax = gantt(s)
+    assert len(ax.collections) == len(s.tasks)
+    assert "steps 12" in ax.get_title()
+    fig = gantt_grid(8, 4, 2)
+    assert len(fig.axes) == len(METHODS)
+    matplotlib.pyplot.close("all")
+
+
+def test_convergence_plot():
+    import torch
+
+    net = trilib.nets.mlp([3, 5, 5, 5, 2], seed=0, dtype=torch.float64)
+    U = trilib.backward_system(net, torch.randn(2, 3, dtype=torch.float64), lambda o: o.sum())
+    traces = [trilib.solve(U, m, return_trace=True)[1] for m in ("jacobi", "gauss_seidel")]
+    ax = convergence(traces)
+    assert len(ax.get_lines()) >= 2 and ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match="kind must be"):
+        convergence(traces, kind="loss")
+    matplotlib.pyplot.close("all")
