@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 import trilib  # noqa: E402
 from trilib.schedule import METHODS, closed_form, simulate  # noqa: E402
-from trilib.viz.gantt import convergence, gantt, gantt_grid  # noqa: E402
+from trilib.viz import convergence, gantt, gantt_grid  # noqa: E402
 
 GRID = [(k, P, m) for k in (1, 2, 4, 6, 8, 12) for P in range(1, k + 1) if k % P == 0 for m in (1, 2, 5)]
 

@@ -16,18 +16,21 @@ __all__ = ["backward_system", "forward_system", "gradients"]
 
 
 def backward_system(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> TriangularSystem:
-    """The upper triangular system ``U v = r`` of backward propagation (THEORY §1).
+    """The upper triangular system ``U v = r`` of backward propagation (THEORY §1-4).
 
     Args:
         model: an ``nn.Sequential`` of ``nn.Linear`` layers, each followed by zero or more
-            element-wise activations (``trilib.fnn.ELEMENTWISE``).
-        x: the input batch, ``(batch, n_0)``, same dtype and device as the model.
+            element-wise activations (``trilib.fnn.ELEMENTWISE``): the FNN of THEORY §1;
+            an ``nn.RNN`` (THEORY §2, see :mod:`trilib.rnn`); or any other module that
+            ``torch.fx`` can trace (THEORY §3-4, see :mod:`trilib.graph`).
+        x: the input batch, ``(batch, n_0)`` for an FNN, same dtype and device as the model.
         loss_fn: ``loss_fn(model(x))`` returns the scalar loss E; ``g = dE/dz_k`` comes from
             autograd on the loss alone.
 
     Returns:
-        A :class:`~trilib.systems.BlockBidiagonalSystem` with ``upper=True``, whose solution
-        is ``v_l = dE/dy_l`` for l = 1..k.
+        For an FNN a :class:`~trilib.systems.BlockBidiagonalSystem` with ``upper=True``, whose
+        solution is ``v_l = dE/dy_l`` for l = 1..k; for an RNN or a graph the system of that
+        pattern.
 
     Example:
         >>> import torch, trilib

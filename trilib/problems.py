@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import fnn
+from ._checks import UnsupportedLayerError
 from .systems import TriangularSystem
 
 __all__ = ["BackwardProblem", "register_model", "backward_problem"]
@@ -49,11 +50,28 @@ def backward_problem(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> Ba
     for predicate, builder in _BUILDERS:
         if predicate(model):
             return builder(model, x, loss_fn)
-    raise TypeError(f"trilib has no system builder for {type(model).__name__}; supported: "
-                    "nn.Sequential of nn.Linear and element-wise activations")
+    # Any other module: trace it into a computation graph (THEORY §3-4). Modules torch.fx cannot
+    # trace, or operations without a Jacobian rule, raise UnsupportedLayerError naming them.
+    from .graph import graph_problem
+
+    return graph_problem(model, x, loss_fn)
 
 
-@register_model(lambda m: isinstance(m, nn.Sequential))
+def _is_fnn(model: nn.Module) -> bool:
+    """An nn.Sequential that :func:`fnn.parse_sequential` accepts (its ValueErrors, e.g. widths
+    that do not chain, stay on the FNN path so their message is kept)."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    try:
+        fnn.parse_sequential(model)
+    except UnsupportedLayerError:
+        return False
+    except ValueError:
+        return True
+    return True
+
+
+@register_model(_is_fnn)
 def _fnn_problem(model: nn.Sequential, x: torch.Tensor, loss_fn: Callable) -> BackwardProblem:
     rec = fnn.record_forward(model, x)
     loss, g = fnn.loss_gradient(rec.zs[-1], loss_fn)

@@ -19,7 +19,7 @@ def gantt(schedule: Schedule, ax=None, title: str | None = None):
 
     Example:
         >>> from trilib.schedule import simulate
-        >>> from trilib.viz.gantt import gantt
+        >>> from trilib.viz import gantt
         >>> ax = gantt(simulate("block_jacobi", k=8, P=4, m=3))
     """
     if ax is None:
