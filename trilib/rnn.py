@@ -1,0 +1,414 @@
+"""Recurrent networks (``torch.nn.RNN``) as 2-D triangular systems (THEORY §2).
+
+Layer ``l = 1..k`` at time ``t = 1..τ`` computes (``h_{0,t} = x_t``, ``h_{l,0} = h0[l]``)::
+
+    y_{l,t} = W_l h_{l-1,t} + U_l h_{l,t-1} + b_l        (W_l = weight_ih, U_l = weight_hh)
+    h_{l,t} = f(y_{l,t})                                  (f = tanh or relu)
+
+The errors ``v_{l,t} = dE/dy_{l,t}`` satisfy, with ``D_{l,t} = diag(f'(y_{l,t}))``::
+
+    v_{l,t} = D_{l,t} (W_{l+1}^T v_{l+1,t} + U_l^T v_{l,t+1} + g_{l,t})
+
+where ``g_{l,t}`` is the loss gradient reaching ``h_{l,t}`` directly (from ``output`` for the
+top layer, from ``h_n`` at ``t = τ``). Every unknown couples to its neighbour above in depth and
+in time: :class:`RNNSystem` is the resulting upper triangular system on a ``k x τ`` grid, with
+the unknowns ordered layer by layer or time by time.
+
+Input convention (mirrors ``rnn(x)`` and ``rnn(x, h0)``): pass ``x`` or the pair ``(x, h0)``;
+``loss_fn`` receives exactly what the module returns, the pair ``(output, h_n)``.
+
+Example:
+    >>> import torch, trilib
+    >>> rnn = torch.nn.RNN(3, 5, num_layers=2, dtype=torch.float64)
+    >>> x = torch.randn(7, 4, 3, dtype=torch.float64)          # (τ, batch, features)
+    >>> U = trilib.backward_system(rnn, x, lambda out: out[0].square().sum())
+    >>> U.k, U.grid_shape
+    (14, (2, 7))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._checks import UnsupportedLayerError, check_finite, check_matches, check_scalar_loss
+from .problems import BackwardProblem, register_model
+from .systems import BlockBidiagonalSystem, TriangularSystem
+
+__all__ = ["RNNSystem", "RNNRecord", "RNNClassifier", "record_forward", "ORDERS"]
+
+#: The two orderings of the unknowns ``v_{l,t}``.
+ORDERS = ("layer", "time")
+
+
+class RNNSystem(TriangularSystem):
+    """The backward system of a k-layer RNN over τ time steps, ``(I - N) v = r`` (THEORY §2).
+
+    The unknowns form a ``k x τ`` grid (0-based ``l``, ``t`` below). ``N`` has two blocks per
+    row: ``D_{l,t} W_{l+1}^T`` towards ``v_{l+1,t}`` (depth) and ``D_{l,t} U_l^T`` towards
+    ``v_{l,t+1}`` (time); ``r_{l,t} = D_{l,t} g_{l,t}``. Both couplings point to a larger index
+    in either ordering, so the system is upper triangular in both:
+
+    * ``order="layer"``: block row ``l*τ + t``. Upper block bi-diagonal over layers whose
+      diagonal blocks are upper block bi-diagonal over time.
+    * ``order="time"``: block row ``t*k + l``. The roles of layers and time swap.
+
+    Args:
+        w_ih: the ``k - 1`` input weights ``W_2..W_k`` (each ``n x n``), a list or a stacked
+            ``(k-1, n, n)`` tensor.
+        w_hh: the ``k`` recurrent weights ``U_1..U_k``, list or ``(k, n, n)``.
+        d: ``f'(y)`` on the grid, ``(k, τ, batch, n)``.
+        g: the direct loss gradients ``g_{l,t}``, ``(k, τ, batch, n)``.
+        order: ``"layer"`` or ``"time"``.
+
+    Example:
+        >>> import torch
+        >>> k, tau, b, n = 2, 3, 1, 2
+        >>> S = RNNSystem(torch.randn(k - 1, n, n), torch.randn(k, n, n),
+        ...               torch.ones(k, tau, b, n), torch.randn(k, tau, b, n))
+        >>> S.to_dense().shape
+        torch.Size([12, 12])
+    """
+
+    upper = True
+    symbol = "v"
+
+    def __init__(self, w_ih, w_hh, d: torch.Tensor, g: torch.Tensor, order: str = "layer"):
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if d.dim() != 4:
+            raise ValueError(f"d must be (k, τ, batch, n), got shape {tuple(d.shape)}")
+        if g.shape != d.shape:
+            raise ValueError(f"g has shape {tuple(g.shape)} but d has {tuple(d.shape)}")
+        k, tau, batch, n = d.shape
+        if k < 1 or tau < 1 or batch < 1:
+            raise ValueError(f"the grid needs k >= 1, τ >= 1 and batch >= 1, got d.shape={tuple(d.shape)}")
+        w_hh = torch.stack(list(w_hh)) if not isinstance(w_hh, torch.Tensor) else w_hh
+        w_ih = (torch.stack(list(w_ih)) if len(w_ih) else d.new_zeros(0, n, n)) \
+            if not isinstance(w_ih, torch.Tensor) else w_ih
+        if w_hh.shape != (k, n, n):
+            raise ValueError(f"w_hh has shape {tuple(w_hh.shape)}, expected {(k, n, n)}")
+        if w_ih.shape != (k - 1, n, n):
+            raise ValueError(f"w_ih has shape {tuple(w_ih.shape)}, expected {(k - 1, n, n)}")
+        self.w_ih, self.w_hh, self.d, self.g = w_ih, w_hh, d, g
+        self.order = order
+        self.r = d * g
+        self.rhs = self.to_blocks(self.r)
+
+    # -- the grid ----------------------------------------------------------------------------
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(k, τ)``: layers and time steps (``self.k`` is the number of block rows, k·τ)."""
+        return tuple(self.d.shape[:2])
+
+    @property
+    def layers(self) -> int:
+        return self.d.shape[0]
+
+    @property
+    def tau(self) -> int:
+        return self.d.shape[1]
+
+    def index(self, l, t):
+        """Block row of unknown ``v_{l,t}`` (0-based) in this system's ordering."""
+        return l * self.tau + t if self.order == "layer" else t * self.layers + l
+
+    def to_blocks(self, grid: torch.Tensor) -> list[torch.Tensor]:
+        """A ``(k, τ, batch, n)`` grid as the list of blocks in this ordering."""
+        seq = grid if self.order == "layer" else grid.transpose(0, 1)
+        return list(seq.reshape(-1, *grid.shape[2:]).unbind(0))
+
+    def to_grid(self, u: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The inverse of :meth:`to_blocks`."""
+        self._check_solution(u)
+        k, tau = self.grid_shape
+        flat = torch.stack(list(u))
+        if self.order == "layer":
+            return flat.reshape(k, tau, *flat.shape[1:])
+        return flat.reshape(tau, k, *flat.shape[1:]).transpose(0, 1)
+
+    def with_order(self, order: str) -> RNNSystem:
+        """The same system with the unknowns in the other ordering."""
+        return RNNSystem(self.w_ih, self.w_hh, self.d, self.g, order=order)
+
+    def time_system(self, layer: int = 0, incoming: torch.Tensor | None = None) -> BlockBidiagonalSystem:
+        """Row ``layer`` of the layer ordering as a :class:`BlockBidiagonalSystem` over time.
+
+        ``u_t - D_{l,t} U_l^T u_{t+1} = r_{l,t} + D_{l,t} W_{l+1}^T v_{l+1,t}`` with
+        ``incoming = v_{l+1}`` as ``(τ, batch, n)`` (omit it for the top layer). For ``k = 1``
+        ``time_system()`` is the whole system, so every FNN direct method applies along time.
+        """
+        k, tau = self.grid_shape
+        if not isinstance(layer, int) or not 0 <= layer < k:
+            raise IndexError(f"layer must be an int in [0, {k}), got {layer!r}")
+        rhs = self.r[layer]
+        if layer < k - 1:
+            if incoming is None or incoming.shape != rhs.shape:
+                got = None if incoming is None else tuple(incoming.shape)
+                raise ValueError(f"incoming must be v_{{l+1}} of shape {tuple(rhs.shape)}, got {got}")
+            rhs = rhs + self.d[layer] * (incoming @ self.w_ih[layer])
+        mats = [self.w_hh[layer].t()] * (tau - 1)
+        return BlockBidiagonalSystem(mats, list(self.d[layer, :-1]), list(rhs), upper=True, symbol="v")
+
+    # -- TriangularSystem interface ------------------------------------------------------------
+    def apply_offdiagonal(self, u: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        v = self.to_grid(u)
+        out = torch.zeros_like(v)
+        out[:-1] += v[1:] @ self.w_ih.unsqueeze(1)        # W_{l+1}^T v_{l+1,t}
+        out[:, :-1] += v[:, 1:] @ self.w_hh.unsqueeze(1)  # U_l^T v_{l,t+1}
+        return self.to_blocks(self.d * out)
+
+    def dense_blocks(self, sample: int = 0) -> Iterator[tuple[int, int, torch.Tensor]]:
+        sample = self._check_sample(sample)
+        k, tau = self.grid_shape
+        for l in range(k):
+            for t in range(tau):
+                d = self.d[l, t, sample].unsqueeze(-1)
+                if l + 1 < k:
+                    yield self.index(l, t), self.index(l + 1, t), d * self.w_ih[l].t()
+                if t + 1 < tau:
+                    yield self.index(l, t), self.index(l, t + 1), d * self.w_hh[l].t()
+
+    def __repr__(self) -> str:
+        k, tau = self.grid_shape
+        return (f"RNNSystem(upper, k={k}, tau={tau}, n={self.d.shape[-1]}, order={self.order!r}, "
+                f"batch={self.batch_size}, dtype={self.dtype}, device={self.device})")
+
+
+# -- from nn.RNN to the system ---------------------------------------------------------------
+
+@dataclass
+class RNNRecord:
+    """A forward pass kept for the backward system, all time-major and batched.
+
+    ``x``: ``(τ, batch, n_in)``; ``h0``: ``(k, batch, n)``; ``h``: ``h_{l,t}`` as
+    ``(k, τ, batch, n)``; ``d``: ``f'(y_{l,t})`` likewise; ``batch_first``/``unbatched``: the
+    user's layout, to hand ``(output, h_n)`` back in it.
+    """
+
+    rnn: nn.RNN
+    x: torch.Tensor
+    h0: torch.Tensor
+    h: torch.Tensor
+    d: torch.Tensor
+    batch_first: bool
+    unbatched: bool
+
+    def module_output(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output, h_n)`` exactly as ``rnn(x, h0)`` returns them (detached)."""
+        out, h_n = self.h[-1], self.h[:, -1]
+        if self.unbatched:
+            return out[:, 0], h_n[:, 0]
+        return (out.transpose(0, 1) if self.batch_first else out), h_n
+
+    def to_grid(self, g_out: torch.Tensor | None, g_hn: torch.Tensor | None) -> torch.Tensor:
+        """``g_{l,t}`` on the grid from the gradients w.r.t. ``output`` and ``h_n``."""
+        g = torch.zeros_like(self.h)
+        if g_out is not None:
+            g_out = g_out.unsqueeze(1) if self.unbatched else g_out
+            g[-1] += g_out.transpose(0, 1) if (self.batch_first and not self.unbatched) else g_out
+        if g_hn is not None:
+            g[:, -1] += g_hn.unsqueeze(1) if self.unbatched else g_hn
+        return g
+
+
+def _weights(rnn: nn.RNN, l: int):
+    return (getattr(rnn, f"weight_ih_l{l}"), getattr(rnn, f"weight_hh_l{l}"),
+            getattr(rnn, f"bias_ih_l{l}", None), getattr(rnn, f"bias_hh_l{l}", None))
+
+
+def _check_rnn(rnn: nn.RNN) -> None:
+    if rnn.bidirectional:
+        raise UnsupportedLayerError("bidirectional nn.RNN is not supported: its backward system "
+                                    "is two grids running in opposite time directions; use "
+                                    "bidirectional=False")
+    if rnn.dropout > 0 and rnn.training:
+        raise UnsupportedLayerError(f"nn.RNN with dropout={rnn.dropout} in training mode is random "
+                                    "between layers; call rnn.eval() or use dropout=0")
+    if rnn.nonlinearity not in ("tanh", "relu"):
+        raise UnsupportedLayerError(f"nonlinearity must be 'tanh' or 'relu', got {rnn.nonlinearity!r}")
+
+
+def _split_input(rnn: nn.RNN, inputs) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``x`` or ``(x, h0)`` -> time-major batched ``x``, ``h0`` and whether x was unbatched."""
+    if isinstance(inputs, nn.utils.rnn.PackedSequence) or (
+            isinstance(inputs, (tuple, list)) and isinstance(inputs[0], nn.utils.rnn.PackedSequence)):
+        raise TypeError("x is a PackedSequence; trilib needs a padded tensor of equal-length sequences")
+    if isinstance(inputs, (tuple, list)):
+        if len(inputs) != 2:
+            raise ValueError(f"x must be a tensor or a pair (x, h0), got a sequence of length {len(inputs)}")
+        x, h0 = inputs
+    else:
+        x, h0 = inputs, None
+    ref = rnn.weight_ih_l0
+    check_matches("x", x, ref.dtype, ref.device)
+    if x.dim() not in (2, 3):
+        raise ValueError(f"x must be (τ, batch, n_in), (batch, τ, n_in) with batch_first, or "
+                         f"unbatched (τ, n_in); got shape {tuple(x.shape)}")
+    unbatched = x.dim() == 2
+    x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if rnn.batch_first else x)
+    tau, batch, n_in = x.shape
+    if n_in != rnn.input_size:
+        raise ValueError(f"x has {n_in} features but the RNN has input_size={rnn.input_size}")
+    if tau == 0 or batch == 0:
+        raise ValueError(f"x has an empty time or batch dimension (τ={tau}, batch={batch})")
+    k, n = rnn.num_layers, rnn.hidden_size
+    if h0 is None:
+        h0 = x.new_zeros(k, batch, n)
+    else:
+        check_matches("h0", h0, ref.dtype, ref.device)
+        expected = (k, n) if unbatched else (k, batch, n)
+        if tuple(h0.shape) != expected:
+            raise ValueError(f"h0 has shape {tuple(h0.shape)}, expected {expected} "
+                             "(num_layers, batch, hidden_size)")
+        h0 = h0.unsqueeze(1) if unbatched else h0
+        check_finite("h0", h0)
+    check_finite("x", x)
+    for name, p in rnn.named_parameters():
+        check_matches(name, p, ref.dtype, ref.device, owner="weight_ih_l0")
+        check_finite(f"parameter {name}", p)
+    return x, h0.detach(), unbatched
+
+
+def record_forward(rnn: nn.RNN, inputs) -> RNNRecord:
+    """Check the inputs, then run the forward pass keeping ``h_{l,t}`` and ``f'(y_{l,t})``.
+
+    Each layer's input projection ``W_l h_{l-1,t} + b`` is one product over all t; the
+    recurrence then runs over time (this is ordinary forward propagation).
+    """
+    if not isinstance(rnn, nn.RNN):
+        raise TypeError(f"expected a torch.nn.RNN, got {type(rnn).__name__}")
+    _check_rnn(rnn)
+    x, h0, unbatched = _split_input(rnn, inputs)
+    relu = rnn.nonlinearity == "relu"
+    hs, ds = [], []
+    with torch.no_grad():
+        inp = x
+        for l in range(rnn.num_layers):
+            w_ih, w_hh, b_ih, b_hh = _weights(rnn, l)
+            proj = inp @ w_ih.t()
+            if b_ih is not None:
+                proj = proj + b_ih + b_hh
+            h, h_l, d_l = h0[l], [], []
+            for t in range(x.shape[0]):
+                y = proj[t] + h @ w_hh.t()
+                h = torch.relu(y) if relu else torch.tanh(y)
+                h_l.append(h)
+                d_l.append((y > 0).to(y.dtype) if relu else 1 - h * h)
+            inp = torch.stack(h_l)
+            hs.append(inp)
+            ds.append(torch.stack(d_l))
+    return RNNRecord(rnn, x, h0, torch.stack(hs), torch.stack(ds), rnn.batch_first, unbatched)
+
+
+def backward_system_from_record(rec: RNNRecord, g: torch.Tensor, order: str = "layer") -> RNNSystem:
+    """The :class:`RNNSystem` of a recorded forward pass and direct loss gradients ``g``."""
+    k = rec.rnn.num_layers
+    w_ih = [getattr(rec.rnn, f"weight_ih_l{l}").detach() for l in range(1, k)]
+    w_hh = [getattr(rec.rnn, f"weight_hh_l{l}").detach() for l in range(k)]
+    n = rec.rnn.hidden_size
+    w_ih = torch.stack(w_ih) if w_ih else rec.h.new_zeros(0, n, n)
+    return RNNSystem(w_ih, torch.stack(w_hh), rec.d, g, order=order)
+
+
+def parameter_gradients(rec: RNNRecord, v: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+    """``dE/dW_l = Σ_{t,b} v_{l,t} h_{l-1,t}^T``, ``dE/dU_l = Σ v_{l,t} h_{l,t-1}^T``,
+    ``dE/db_l = Σ v_{l,t}`` (both biases): independent products, one per layer. ``v`` is the
+    ``(k, τ, batch, n)`` grid."""
+    grads = {}
+    for l in range(rec.rnn.num_layers):
+        inp = rec.x if l == 0 else rec.h[l - 1]
+        prev = torch.cat([rec.h0[l].unsqueeze(0), rec.h[l, :-1]])
+        grads[f"{prefix}weight_ih_l{l}"] = torch.einsum("tbi,tbj->ij", v[l], inp)
+        grads[f"{prefix}weight_hh_l{l}"] = torch.einsum("tbi,tbj->ij", v[l], prev)
+        if rec.rnn.bias:
+            grads[f"{prefix}bias_ih_l{l}"] = v[l].sum((0, 1))
+            grads[f"{prefix}bias_hh_l{l}"] = v[l].sum((0, 1))
+    return grads
+
+
+def _loss_gradients(outputs: Sequence[torch.Tensor], loss_fn: Callable, pack: Callable):
+    """``(E, [dE/d o for o in outputs])`` by autograd on the loss alone."""
+    leaves = [o.detach().requires_grad_(True) for o in outputs]
+    with torch.enable_grad():
+        loss = check_scalar_loss(loss_fn(pack(*leaves)))
+        if not loss.requires_grad:
+            raise ValueError("loss_fn's result does not depend on the model output, so there is "
+                             "nothing to propagate backward")
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    if all(gr is None for gr in grads):
+        raise ValueError("loss_fn's result does not depend on the model output")
+    return loss.detach(), list(grads)
+
+
+def _problem(rec: RNNRecord, g: torch.Tensor, loss, prefix: str = "", extra=None) -> BackwardProblem:
+    system = backward_system_from_record(rec, g)
+
+    def grads(v):
+        out = parameter_gradients(rec, system.to_grid(v), prefix)
+        out.update(extra or {})
+        return out
+
+    return BackwardProblem(system, loss, grads)
+
+
+@register_model(lambda m: isinstance(m, nn.RNN))
+def _rnn_problem(rnn: nn.RNN, inputs, loss_fn: Callable) -> BackwardProblem:
+    rec = record_forward(rnn, inputs)
+    loss, (g_out, g_hn) = _loss_gradients(rec.module_output(), loss_fn, lambda o, h: (o, h))
+    return _problem(rec, rec.to_grid(g_out, g_hn), loss)
+
+
+class RNNClassifier(nn.Module):
+    """An ``nn.RNN`` followed by an ``nn.Linear`` readout of the top layer's last state:
+    ``logits = readout(h_{k,τ})``. ``loss_fn`` receives the logits.
+
+    trilib builds its backward system honestly: the readout is one more row above the grid
+    whose error ``dE/dlogits`` comes from the loss alone; it sends ``g_{k,τ} = R^T dE/dlogits``
+    into the grid, and its own gradients are one product, like any layer's.
+
+    Example:
+        >>> import torch, trilib
+        >>> model = trilib.rnn.RNNClassifier(torch.nn.RNN(1, 8, batch_first=True), torch.nn.Linear(8, 10))
+        >>> model(torch.randn(4, 16, 1)).shape      # then trilib.gradients(model, x, loss_fn)
+        torch.Size([4, 10])
+    """
+
+    def __init__(self, rnn: nn.RNN, readout: nn.Linear):
+        super().__init__()
+        if not isinstance(rnn, nn.RNN) or type(readout) is not nn.Linear:
+            raise TypeError(f"RNNClassifier needs an nn.RNN and an nn.Linear, got "
+                            f"{type(rnn).__name__} and {type(readout).__name__}")
+        if readout.in_features != rnn.hidden_size:
+            raise ValueError(f"readout expects {readout.in_features} features but the RNN has "
+                             f"hidden_size={rnn.hidden_size}")
+        self.rnn, self.readout = rnn, readout
+
+    def forward(self, x):
+        args = x if isinstance(x, (tuple, list)) else (x,)
+        _, h_n = self.rnn(*args)
+        return self.readout(h_n[-1])
+
+
+@register_model(lambda m: isinstance(m, RNNClassifier))
+def _classifier_problem(model: RNNClassifier, inputs, loss_fn: Callable) -> BackwardProblem:
+    rec = record_forward(model.rnn, inputs)
+    check_matches("readout.weight", model.readout.weight, rec.h.dtype, rec.h.device,
+                  owner="the RNN's weights")
+    top = rec.h[-1, -1]                                   # h_{k,τ}: (batch, n)
+    with torch.no_grad():
+        logits = model.readout(top)
+    if rec.unbatched:
+        logits = logits[0]
+    loss, (g_logits,) = _loss_gradients([logits], loss_fn, lambda z: z)
+    g_logits = g_logits.unsqueeze(0) if rec.unbatched else g_logits
+    w = model.readout.weight.detach()
+    g = torch.zeros_like(rec.h)
+    g[-1, -1] = g_logits @ w
+    extra = {"readout.weight": g_logits.t() @ top}
+    if model.readout.bias is not None:
+        extra["readout.bias"] = g_logits.sum(0)
+    return _problem(rec, g, loss, prefix="rnn.", extra=extra)

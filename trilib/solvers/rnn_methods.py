@@ -1,0 +1,224 @@
+"""Solvers for the 2-D backward system of an RNN (:class:`trilib.rnn.RNNSystem`, THEORY §2).
+
+* ``"sequential"``: back-propagation through time, one unknown ``v_{l,t}`` after another
+  (k·τ steps).
+* ``"wavefront"``: the level schedule of the grid: all ``v_{l,t}`` with the same
+  ``(k-1-l) + (τ-1-t)`` at once (k + τ - 1 steps).
+* ``"nested"``: cyclic reduction over layers whose block solves are recursive-doubling scans
+  over time: O(log k · log τ) steps.
+
+All three work on the ``(k, τ, batch, n)`` grid whatever the system's ordering and return the
+blocks in that ordering. Combines are recorded as block-row indices of the system's ordering.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._checks import check_memory
+from ..rnn import RNNSystem
+from . import register
+
+__all__ = ["bptt", "wavefront", "nested", "time_scan"]
+
+
+def _row(d: torch.Tensor, v_depth: torch.Tensor, w: torch.Tensor, v_time: torch.Tensor,
+         u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``v_{l,t} = r_{l,t} + D_{l,t} (W_{l+1}^T v_{l+1,t} + U_l^T v_{l,t+1})`` (row vectors)."""
+    return r + d * (v_depth @ w + v_time @ u)
+
+
+@register("sequential", RNNSystem)
+def bptt(system: RNNSystem, trace) -> list[torch.Tensor]:
+    """Back-propagation through time: for t = τ..1, for l = k..1, solve ``v_{l,t}``.
+
+    Steps: k·τ; work: one product per coupling (k·τ·2 - k - τ).
+
+    Example:
+        >>> import torch, trilib
+        >>> rnn = torch.nn.RNN(2, 3, num_layers=2)
+        >>> U = trilib.backward_system(rnn, torch.randn(4, 1, 2), lambda o: o[0].sum())
+        >>> trilib.solve(U, "sequential", return_trace=True)[1].steps
+        8
+    """
+    k, tau = system.grid_shape
+    v = system.r.new_zeros(k + 1, tau + 1, *system.r.shape[2:])   # zero padding above and after
+    w = torch.cat([system.w_ih, system.w_ih.new_zeros(1, *system.w_hh.shape[1:])])
+    for t in range(tau - 1, -1, -1):
+        for l in range(k - 1, -1, -1):
+            v[l, t] = _row(system.d[l, t], v[l + 1, t], w[l], v[l, t + 1], system.w_hh[l], system.r[l, t])
+            pairs = [(l, t, l + 1, t)] * (l + 1 < k) + [(l, t, l, t + 1)] * (t + 1 < tau)
+            trace.add_step([(system.index(a, b), system.index(c, e)) for a, b, c, e in pairs])
+    return system.to_blocks(v[:k, :tau])
+
+
+@register("wavefront", RNNSystem)
+def wavefront(system: RNNSystem, trace) -> list[torch.Tensor]:
+    """Level scheduling on the grid: level ``s`` holds every ``v_{l,t}`` with
+    ``(k-1-l) + (τ-1-t) = s`` (0-based), and all its unknowns are solved in one batched step.
+
+    Steps: k + τ - 1 (the grid's longest path); work: as sequential.
+
+    Example:
+        >>> import torch, trilib
+        >>> rnn = torch.nn.RNN(2, 3, num_layers=2)
+        >>> U = trilib.backward_system(rnn, torch.randn(4, 1, 2), lambda o: o[0].sum())
+        >>> trilib.solve(U, "wavefront", return_trace=True)[1].steps
+        5
+    """
+    k, tau = system.grid_shape
+    v = system.r.new_zeros(k + 1, tau + 1, *system.r.shape[2:])
+    w = torch.cat([system.w_ih, system.w_ih.new_zeros(1, *system.w_hh.shape[1:])])
+    dev = system.device
+    for s in range(k + tau - 1):
+        ls = torch.arange(max(0, k - 1 - s), min(k, k + tau - 1 - s), device=dev)
+        ts = (k - 1 - ls) + (tau - 1) - s
+        v[ls, ts] = _row(system.d[ls, ts], v[ls + 1, ts], w[ls], v[ls, ts + 1], system.w_hh[ls],
+                         system.r[ls, ts])
+        pairs = [(system.index(l, t), system.index(l + 1, t)) for l, t in zip(ls.tolist(), ts.tolist())
+                 if l + 1 < k]
+        pairs += [(system.index(l, t), system.index(l, t + 1)) for l, t in zip(ls.tolist(), ts.tolist())
+                  if t + 1 < tau]
+        trace.add_step(pairs)
+    return system.to_blocks(v[:k, :tau])
+
+
+def time_scan(p: torch.Tensor, x: torch.Tensor, trace=None, pairs_of=None) -> torch.Tensor:
+    """Solve ``X_t = x_t + P_t X_{t+1}`` (t = τ-1..0, ``X_τ = 0``) for a batch of rows at once
+    by recursive doubling (Hillis–Steele suffix scan on affine maps, THEORY §5).
+
+    Args:
+        p: ``(L, τ, batch, n, n)`` couplings ``P_t`` (``P_{τ-1}`` is ignored).
+        x: ``(L, τ, batch, n, m)`` right-hand sides (m columns: m = 1 for a vector).
+        trace: optional :class:`~trilib.trace.Trace`; one step per doubling.
+        pairs_of: ``pairs_of(t, s)`` -> the combines ``(target, source)`` of a doubling with
+            stride ``s`` for the targets ``t`` (a list of ints), for the trace.
+
+    Returns:
+        ``X``, shaped like ``x``. Steps: ``ceil(log2 τ)``.
+
+    Example:
+        >>> p = torch.full((1, 3, 1, 1, 1), 2.0); x = torch.ones(1, 3, 1, 1, 1)
+        >>> time_scan(p, x).flatten().tolist()      # X_2 = 1, X_1 = 1 + 2, X_0 = 1 + 2·3
+        [7.0, 3.0, 1.0]
+    """
+    tau = x.shape[1]
+    p, x = p.clone(), x.clone()
+    p[:, -1] = 0
+    s = 1
+    while s < tau:
+        x[:, :-s] += p[:, :-s] @ x[:, s:]            # the right side is evaluated first
+        if 2 * s < tau:                              # the last doubling needs no new P
+            p[:, :-s] = p[:, :-s] @ p[:, s:]
+        if trace is not None:
+            pairs = pairs_of(list(range(tau - s)), s) if pairs_of else []
+            trace.add_step(pairs, work=2 * len(pairs))
+        s *= 2
+    return x
+
+
+def _dense(e: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal-over-time ``(L, τ, b, n, n)`` -> dense operator ``(L, τ, b, n, τ·n)``."""
+    L, tau, b, n, _ = e.shape
+    check_memory(L * tau * b * n * tau * n * e.element_size(), "a dense coupling operator over time",
+                 "Use method='wavefront' or 'sequential' for this size.")
+    out = e.new_zeros(L, tau, b, n, tau, n)
+    idx = torch.arange(tau, device=e.device)
+    out[:, idx, :, :, idx, :] = e.transpose(0, 1)
+    return out.reshape(L, tau, b, n, tau * n)
+
+
+def _apply(e: torch.Tensor, kind: str, y: torch.Tensor) -> torch.Tensor:
+    """``E y`` for stacked operators ``e`` and stacked ``(L, τ, b, n, m)`` right-hand sides."""
+    if kind == "diag":
+        return e @ y
+    L, tau, b, n, m = y.shape
+    flat = y.permute(0, 2, 1, 3, 4).reshape(L, b, tau * n, m)
+    return torch.einsum("ltbiq,lbqm->ltbim", e, flat)
+
+
+@register("nested", RNNSystem)
+def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
+    """Cyclic reduction over layers whose block solves are recursive-doubling scans over time.
+
+    In the layer ordering the system is ``A_l V_l - E_l V_{l+1} = R_l`` (l = 1..k), where
+    ``V_l = (v_{l,1..τ})``, ``A_l = I - shift ⊗ D_l U_l^T`` is upper bi-diagonal over time and
+    ``E_l = diag_t(D_{l,t} W_{l+1}^T)``. One level of cyclic reduction keeps the even rows:
+
+    1. odd rows, all at once: ``[Y_o | Z_o] = A_o^{-1} [R_o | E_o]`` (one time scan:
+       ``ceil(log2 τ)`` steps);
+    2. even rows: ``R_e += E_e Y_{e+1}``, ``E_e ← E_e Z_{e+1}`` (1 step; the new couplings are
+       dense upper triangular over time);
+    3. recurse on the even rows (the diagonal blocks ``A_e`` never change);
+    4. odd rows: ``V_o = Y_o + Z_o V_{o+1}`` (1 step).
+
+    A single row is one time scan. With one step to form the blocks ``D U^T`` and ``D W^T``:
+    ``steps <= 1 + ceil(log2 k)·(ceil(log2 τ) + 2) + ceil(log2 τ)
+    <= c·(ceil(log2 k) + 1)·(ceil(log2 τ) + 1)`` with **c = 3** (a level with two rows skips
+    step 4). For k = 1 it is the time scan
+    alone (recursive doubling along time). Memory: the dense couplings need
+    ``batch·τ²·n²`` numbers per row once k >= 3.
+
+    Example:
+        >>> import torch, trilib
+        >>> rnn = torch.nn.RNN(2, 3, num_layers=4)
+        >>> U = trilib.backward_system(rnn, torch.randn(8, 1, 2), lambda o: o[0].sum())
+        >>> trilib.solve(U, "nested", return_trace=True)[1].steps   # 1 + (3 + 2) + (3 + 1) + 3
+        13
+    """
+    k, tau = system.grid_shape
+    idx = system.index
+    # Step 0: every block at once: P_{l,t} = D_{l,t} U_l^T (time) and E_{l,t} = D_{l,t} W_{l+1}^T.
+    p = system.d.unsqueeze(-1) * system.w_hh.transpose(-1, -2)[:, None, None]
+    e = system.d[:-1].unsqueeze(-1) * system.w_ih.transpose(-1, -2)[:, None, None]
+    trace.add_step(work=k * tau + (k - 1) * tau)
+
+    def scan(rows, rhs):
+        def pairs_of(ts, s):
+            return [(idx(l, t), idx(l, t + s)) for l in rows for t in ts]
+        return time_scan(p[rows], rhs, trace, pairs_of)
+
+    def reduce(rows: list[int], r: torch.Tensor, e: torch.Tensor, kind: str) -> torch.Tensor:
+        L = len(rows)
+        if L == 1:
+            return scan(rows, r)
+        odd, even = list(range(1, L, 2)), list(range(0, L, 2))
+        with_e = [o for o in odd if o + 1 < L]         # odd rows that couple further down
+        rhs = r[odd]
+        if with_e:
+            ez = _dense(e[with_e]) if kind == "diag" else e[with_e]
+            if len(with_e) < len(odd):                 # the last row has no coupling: pad
+                ez = torch.cat([ez, ez.new_zeros(1, *ez.shape[1:])])
+            rhs = torch.cat([rhs, ez], dim=-1)
+        yz = scan([rows[o] for o in odd], rhs)          # [Y | Z] = A^{-1} [R | E], odd rows
+        # even rows absorb the odd row below them
+        targets = [e_ for e_ in even if e_ + 1 < L]
+        below = [odd.index(t + 1) for t in targets]
+        upd = _apply(e[targets], kind, yz[below])
+        trace.add_step([(idx(rows[t], s), idx(rows[t + 1], s)) for t in targets for s in range(tau)],
+                       work=len(targets) * (tau if kind == "diag" else tau * tau))
+        r_new = r[even].clone()
+        r_new[: len(targets)] += upd[..., :1]
+        e_new = upd[[i for i, t in enumerate(targets) if t + 2 < L]][..., 1:]
+        v_even = reduce([rows[i] for i in even], r_new, e_new, "dense")
+        # back-substitute the odd rows
+        v_odd = yz[..., :1]
+        if with_e:
+            nxt = [even.index(o + 1) for o in with_e]
+            v_odd = v_odd.clone()
+            v_odd[: len(with_e)] += _apply(yz[: len(with_e), ..., 1:], "dense", v_even[nxt])
+            trace.add_step([(idx(rows[o], s), idx(rows[o + 1], s)) for o in with_e for s in range(tau)],
+                           work=len(with_e) * tau * tau)
+        out = torch.empty(L, *r.shape[1:], dtype=r.dtype, device=r.device)
+        out[even], out[odd] = v_even, v_odd
+        return out
+
+    v = reduce(list(range(k)), system.r.unsqueeze(-1), e, "diag").squeeze(-1)
+    return system.to_blocks(v)
+
+
+def nested_step_bound(k: int, tau: int, c: int = 3) -> int:
+    """The documented bound ``c·(ceil(log2 k) + 1)·(ceil(log2 τ) + 1)`` on nested's steps."""
+    return c * (math.ceil(math.log2(k)) + 1) * (math.ceil(math.log2(tau)) + 1)
