@@ -10,26 +10,31 @@ Example:
     >>> grads = trilib.gradients(net, x, lambda out: out.square().mean())
 """
 
-from . import data, nets, trace
+from . import data, graph, nets, rnn, trace
 from ._checks import MemoryLimitError, UnsupportedLayerError, config
 from .api import backward_system, forward_system, gradients
-from .solvers import methods, solve
-from .training import backward
-from .systems import BlockBidiagonalSystem, TriangularSystem
 from .fnn import NonlinearForwardSystem
+from .forward import forward
+from .graph import GraphSystem
+from .rnn import RNNSystem
+from .solvers import methods, solve
+from .solvers.iterative import ConvergenceError, ConvergenceWarning
+from .systems import BlockBidiagonalSystem, TriangularSystem
+from .training import backward
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockBidiagonalSystem", "MemoryLimitError", "NonlinearForwardSystem", "TriangularSystem",
-    "UnsupportedLayerError", "backward", "backward_system", "data", "config", "forward_system", "gradients",
-    "methods", "nets", "solve", "trace", "viz",
+    "BlockBidiagonalSystem", "ConvergenceError", "ConvergenceWarning", "GraphSystem",
+    "MemoryLimitError", "NonlinearForwardSystem", "RNNSystem", "TriangularSystem",
+    "UnsupportedLayerError", "backward", "backward_system", "config", "data", "forward",
+    "forward_system", "gradients", "graph", "methods", "nets", "rnn", "solve", "trace", "viz",
 ]
 
 
 def __getattr__(name):
     # trilib.viz imports matplotlib: load it only when asked for.
-    if name in ("viz", "widgets"):
+    if name == "viz":
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

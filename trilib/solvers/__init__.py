@@ -86,5 +86,10 @@ def solve(system: TriangularSystem, method: str = "sequential", return_trace: bo
     return (solution, trace) if return_trace else solution
 
 
-# Importing the method modules registers them.
+# Importing the method modules registers them, in the order trilib.methods() lists them:
+# substitution, the direct parallel methods, the iterative ones, then graph and RNN methods.
+# isort: off
 from . import sequential  # noqa: E402,F401
+from . import recursive_doubling, blelloch, cyclic_reduction, parallel_cyclic_reduction  # noqa: E402,F401
+from . import iterative, graph_methods, rnn_methods  # noqa: E402,F401
+# isort: on
