@@ -27,7 +27,44 @@ def fnn_systems():
     return viz.spy_pair(forward_system(net, x), backward_system(net, x, lambda out: out.square().sum()))
 
 
-FIGURES = {"fnn_systems": fnn_systems}
+DIRECT = ("recursive_doubling", "blelloch", "cyclic_reduction", "parallel_cyclic_reduction")
+
+
+def scan_trees():
+    """The combine trees of the four direct parallel methods for k = 12."""
+    return viz.plot_trees(DIRECT, k=12)
+
+
+def scan_counts():
+    """Steps and work against k for every direct method beside sequential substitution."""
+    return viz.plot_counts(("sequential", *DIRECT))
+
+
+def pipelines():
+    """Per-device timelines of sequential, pipelined Jacobi, block Jacobi and tree schedules."""
+    return viz.gantt_grid(k=8, P=4, m=3)
+
+
+def rnn_systems():
+    """The 2-D backward system of a 2-layer, 6-step RNN, ordered by layer and by time."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(2, 3, num_layers=2, dtype=torch.float64)
+    x = torch.randn(6, 1, 2, dtype=torch.float64)
+    return viz.rnn_spy_pair(backward_system(rnn, x, lambda out: out[0].square().sum()))
+
+
+def graph_system():
+    """A residual chain with skip distance 2 beside its triangular pattern, levels coloured."""
+    from .graph import SkipChain
+
+    torch.manual_seed(0)
+    net = SkipChain(width=3, blocks=6, skip=2).double()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    return viz.dag_and_spy(backward_system(net, x, lambda out: out.square().sum()))
+
+
+FIGURES = {"fnn_systems": fnn_systems, "scan_trees": scan_trees, "scan_counts": scan_counts,
+           "pipelines": pipelines, "rnn_systems": rnn_systems, "graph_system": graph_system}
 
 
 def main(argv=None) -> None:
