@@ -63,7 +63,14 @@ def graph_system():
     return viz.dag_and_spy(backward_system(net, x, lambda out: out.square().sum()))
 
 
-FIGURES = {"fnn_systems": fnn_systems, "scan_trees": scan_trees, "scan_counts": scan_counts,
+def bench_cpu():
+    """Recorded CPU benchmark: backward time against autograd (redrawn from benchmarks/results)."""
+    from .bench import recorded_figure
+
+    return recorded_figure("cpu")
+
+
+FIGURES = {"bench_cpu": bench_cpu, "fnn_systems": fnn_systems, "scan_trees": scan_trees, "scan_counts": scan_counts,
            "pipelines": pipelines, "rnn_systems": rnn_systems, "graph_system": graph_system}
 
 

@@ -208,7 +208,8 @@ def backward_system_from_record(rec: FNNRecord, g: torch.Tensor) -> BlockBidiago
     return BlockBidiagonalSystem(mats, scales, rhs, upper=True, symbol="v")
 
 
-def parameter_gradients(model: nn.Module, rec: FNNRecord, v: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+def parameter_gradients(model: nn.Module, rec: FNNRecord,
+                        v: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """``dE/dW_l = sum_batch v_l z_{l-1}^T`` and ``dE/db_l = sum_batch v_l``: all independent."""
     named = list(model.named_parameters())
     names = {id(p): n for n, p in named}

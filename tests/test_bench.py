@@ -1,0 +1,165 @@
+"""The benchmark CLI (tiny sizes), its timer, the associative-scan baseline and the crossover."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+import trilib
+from trilib import bench
+
+TINY = ["--k", "2,4", "--n", "3", "--batch", "2", "--tau", "3", "--fixed-k", "3", "--fixed-n", "3",
+        "--fixed-batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "0"]
+
+
+def test_cli_writes_results_and_figure(tmp_path, capsys):
+    result = bench.main(TINY + ["--out", str(tmp_path / "res"), "--figures", str(tmp_path / "fig"),
+                                "--device", "cpu"])
+    out = capsys.readouterr().out
+    stem = result["machine"]["stem"]
+    assert stem.startswith("cpu-")
+    data = json.loads((tmp_path / "res" / f"{stem}.json").read_text())
+    assert data["machine"]["name"] == bench.device_name("cpu")
+    with open(tmp_path / "res" / f"{stem}.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(data["rows"]) > 0
+    assert (tmp_path / "fig" / "bench_cpu.png").stat().st_size > 1000
+    # every method trilib reports for an MLP system is measured, plus autograd and the scan
+    net = trilib.nets.mlp([3, 3, 3], seed=0)
+    expected = set(trilib.methods(trilib.backward_system(net, torch.randn(2, 3), lambda o: o.sum())))
+    measured = {r["method"] for r in data["rows"] if r["suite"] == "mlp" and r["metric"] == "backward"}
+    assert expected | {"autograd", "associative_scan"} == measured
+    for r in data["rows"]:
+        if r["method"] == "autograd" and r["metric"] == "backward":
+            assert r["ratio"] == 1.0
+        if not r["note"] and r["metric"] == "backward":
+            assert r["rel_error"] < 1e-3 and r["median_s"] > 0
+    assert "backward time / autograd time" in out and "crossover (mlp_k" in out
+    assert {r["metric"] for r in data["rows"]} == {"backward", "step"}
+    if bench.rnn_supported():
+        assert any(r["suite"] == "rnn" for r in data["rows"])
+
+
+def test_cli_method_subset_and_no_step(tmp_path):
+    result = bench.main(TINY + ["--suite", "mlp", "--methods", "sequential,associative_scan",
+                                "--no-step", "--out", str(tmp_path), "--figures", ""])
+    assert {r["method"] for r in result["rows"]} == {"autograd", "sequential", "associative_scan"}
+    assert {r["metric"] for r in result["rows"]} == {"backward"}
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_module_runs_as_script(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "trilib.bench", "--help"], capture_output=True,
+                          text=True, check=True)
+    assert "--methods" in proc.stdout and "--device" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "cnn"], "unknown suite"),
+    (["--methods", "magic"], "unknown \\['magic'\\]"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_cli_errors(args, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        bench.main(TINY + args + ["--out", str(tmp_path)])
+
+
+def test_cli_rejects_bad_sizes(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--k", "0,2"])
+    assert "expected positive integers" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cli_cuda_without_gpu(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        bench.main(TINY + ["--device", "cuda", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_events_timer():
+    a = torch.randn(64, 64, device="cuda")
+    times = bench.measure({"mm": lambda: a @ a}, "cuda", repeats=3, warmup=1)
+    assert len(times["mm"]) == 3 and min(times["mm"]) > 0
+
+
+def test_associative_scan_matches_triangular_solve():
+    torch.manual_seed(0)
+    net = trilib.nets.mlp([5] * 8, activation="tanh", seed=0, dtype=torch.float64)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    U = trilib.backward_system(net, x, lambda o: o.square().sum())
+    v = bench.associative_scan_solve(U)
+    for s in range(3):
+        dense = torch.linalg.solve_triangular(U.to_dense(s), U.rhs_dense(s).unsqueeze(-1), upper=True)
+        assert torch.allclose(torch.cat([vl[s] for vl in v]), dense.squeeze(-1), atol=1e-12)
+
+
+def test_associative_scan_errors():
+    net = trilib.nets.mlp([3, 4, 5], seed=0)
+    U = trilib.backward_system(net, torch.randn(2, 3), lambda o: o.sum())
+    with pytest.raises(ValueError, match="equal block widths, got \\(4, 5\\)"):
+        bench.associative_scan_solve(U)
+    with pytest.raises(TypeError, match="upper BlockBidiagonalSystem"):
+        bench.associative_scan_solve(trilib.forward_system(trilib.nets.mlp([2, 2, 2], "identity"),
+                                                           torch.randn(1, 2)))
+
+
+def test_measure_interleaves_and_checks():
+    calls = []
+    times = bench.measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                          repeats=4, warmup=1, hot=False)
+    assert [len(t) for t in times.values()] == [4, 4]
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]   # rotating order
+    calls.clear()
+    bench.measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=0)
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"]          # hot: untimed call first
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        bench.measure({"a": lambda: None}, repeats=0)
+
+
+def _rows(points):
+    return [dict(suite="mlp", sweep="k", metric="backward", k=k, method=m, median_s=t, steps=s)
+            for k, m, t, s in points]
+
+
+def test_crossover_reports_honestly():
+    rows = _rows([(4, "autograd", 1, 4), (4, "sequential", 1, 4), (4, "recursive_doubling", 3, 2),
+                  (16, "autograd", 2, 16), (16, "sequential", 2, 16), (16, "recursive_doubling", 1, 4),
+                  (64, "autograd", 4, 64), (64, "sequential", 4, 64), (64, "blelloch", 2, 6)])
+    c = bench.crossover(rows)
+    assert c["crossover"] == 16 and c["largest"] == 64
+    assert c["best_ratio"][4] == ("recursive_doubling", 3.0) and c["best_ratio"][64] == ("blelloch", 0.5)
+    # losing again at the largest size means no crossover within the sweep
+    rows += _rows([(256, "autograd", 1, 256), (256, "recursive_doubling", 5, 8)])
+    assert bench.crossover(rows)["crossover"] is None
+    # only direct parallel methods count: Gauss-Seidel and Jacobi do not
+    slow = _rows([(4, "autograd", 2, 4), (4, "sequential", 2, 4), (4, "gauss_seidel", 1, 1),
+                  (4, "jacobi", 1, 4)])
+    assert bench.crossover(slow)["best_ratio"] == {}
+
+
+def test_table_and_plot_from_recorded_rows(tmp_path):
+    rows = bench.run_mlp([2, 3], [3], [1], repeats=1, warmup=0, methods=["sequential"], step=True)
+    text = bench.table(rows)
+    assert "mlp k=2 n=3 b=1" in text and "sequential" in text
+    assert "step time" in bench.table(rows, "step")
+    result = {"machine": {"name": "test", "device": "cpu", "torch": torch.__version__, "stem": "cpu-test"},
+              "rows": rows}
+    jpath, _ = bench.save_results(result, tmp_path)
+    fig = bench.plot_results(bench.load_results(jpath), tmp_path / "f.png")
+    assert (tmp_path / "f.png").exists() and len(fig.axes) == 1
+    assert all(math.isfinite(r["median_s"]) for r in rows)
+
+
+def test_recorded_figure(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no recorded cuda results"):
+        bench.recorded_figure("cuda", tmp_path)
+    rows = bench.run_mlp([2], [3], [1], repeats=1, warmup=0, methods=["sequential"], step=False)
+    bench.save_results({"machine": {"name": "t", "device": "cpu", "torch": "x", "stem": "cpu-t"},
+                        "rows": rows}, tmp_path)
+    assert len(bench.recorded_figure("cpu", tmp_path).axes) == 1
