@@ -65,8 +65,9 @@ class AffineRows:
     def solution(self, system: BlockBidiagonalSystem) -> list[torch.Tensor]:
         """Unpad ``c`` into the list of ``k`` blocks ``(batch, n_l)`` in block-row order."""
         u: list[torch.Tensor | None] = [None] * system.k
+        sizes = system.block_sizes
         for p, row in enumerate(self.rows):
-            u[row] = self.c[p, :, : system.block_sizes[row]]
+            u[row] = self.c[p, :, : sizes[row]]
         return u
 
 
