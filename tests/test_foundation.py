@@ -252,7 +252,8 @@ def test_mismatched_shapes():
 
 def test_dtype_and_device_mismatch():
     model, x = small()
-    with pytest.raises(TypeError, match="x has dtype torch.float32 but the model's parameters are torch.float64"):
+    with pytest.raises(TypeError,
+                       match="x has dtype torch.float32 but the model's parameters are torch.float64"):
         trilib.gradients(model, x.float(), lambda out: out.sum())
     with pytest.raises(TypeError, match="floating dtype"):
         trilib.gradients(model, x.long(), lambda out: out.sum())
@@ -293,7 +294,8 @@ def test_bad_loss():
 
 def test_unknown_method_lists_valid_ones():
     model, x = small()
-    with pytest.raises(ValueError, match="unknown method .magic.; valid methods are: sequential, recursive_doubling"):
+    with pytest.raises(ValueError,
+                       match="unknown method .magic.; valid methods are: sequential, recursive_doubling"):
         trilib.gradients(model, x, lambda out: out.sum(), method="magic")
     with pytest.raises(ValueError, match="unknown method"):
         trilib.solve(trilib.backward_system(model, x, lambda out: out.sum()), method="magic")

@@ -70,8 +70,9 @@ def bench_cpu():
     return recorded_figure("cpu")
 
 
-FIGURES = {"bench_cpu": bench_cpu, "fnn_systems": fnn_systems, "scan_trees": scan_trees, "scan_counts": scan_counts,
-           "pipelines": pipelines, "rnn_systems": rnn_systems, "graph_system": graph_system}
+FIGURES = {"bench_cpu": bench_cpu, "fnn_systems": fnn_systems, "scan_trees": scan_trees,
+           "scan_counts": scan_counts, "pipelines": pipelines, "rnn_systems": rnn_systems,
+           "graph_system": graph_system}
 
 
 def main(argv=None) -> None:
