@@ -163,3 +163,8 @@ def test_recorded_figure(tmp_path):
     bench.save_results({"machine": {"name": "t", "device": "cpu", "torch": "x", "stem": "cpu-t"},
                         "rows": rows}, tmp_path)
     assert len(bench.recorded_figure("cpu", tmp_path).axes) == 1
+    with pytest.raises(FileNotFoundError, match="no recorded cpu results tagged 'deep'"):
+        bench.recorded_figure("cpu", tmp_path, tag="deep")
+    bench.save_results({"machine": {"name": "t", "device": "cpu", "torch": "x", "stem": "cpu-t-deep"},
+                        "rows": rows}, tmp_path)
+    assert len(bench.recorded_figure("cpu", tmp_path, tag="deep").axes) == 1

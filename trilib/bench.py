@@ -480,18 +480,19 @@ def plot_results(result: dict, path: str | Path | None = None):
     return fig
 
 
-def recorded_figure(device: str = "cpu", results: str | Path = "benchmarks/results"):
-    """The figure of the recorded results for ``device`` (``"cpu"`` or ``"cuda"``), drawn from
-    ``<results>/<device>-*.json`` without re-running anything (for ``make figures``).
+def recorded_figure(device: str = "cpu", results: str | Path = "benchmarks/results", tag: str | None = None):
+    """The figure of the recorded results for ``device`` (``"cpu"`` or ``"cuda"``) and run
+    ``tag`` (e.g. ``"deep"``; ``None`` for the default sizes), drawn from
+    ``<results>/<device>-*[-tag].json`` without re-running anything (for ``make figures``).
 
     Raises:
-        FileNotFoundError: no recorded result for that device.
+        FileNotFoundError: no recorded result for that device and tag.
     """
     paths = sorted(p for p in Path(results).glob(f"{device}-*.json")
-                   if "-deep" not in p.stem)
+                   if (p.stem.endswith(f"-{tag}") if tag else "-deep" not in p.stem))
     if not paths:
-        raise FileNotFoundError(f"no recorded {device} results in {results}; "
-                                f"run python -m trilib.bench --device {device}")
+        raise FileNotFoundError(f"no recorded {device} results{f' tagged {tag!r}' if tag else ''} "
+                                f"in {results}; run python -m trilib.bench --device {device}")
     return plot_results(load_results(paths[0]))
 
 

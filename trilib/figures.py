@@ -70,8 +70,15 @@ def bench_cpu():
     return recorded_figure("cpu")
 
 
-FIGURES = {"bench_cpu": bench_cpu, "fnn_systems": fnn_systems, "scan_trees": scan_trees,
-           "scan_counts": scan_counts, "pipelines": pipelines, "rnn_systems": rnn_systems,
+def bench_cpu_deep():
+    """Recorded CPU benchmark of deep narrow MLPs (k up to 4096), with the crossover depth."""
+    from .bench import recorded_figure
+
+    return recorded_figure("cpu", tag="deep")
+
+
+FIGURES = {"bench_cpu": bench_cpu, "bench_cpu_deep": bench_cpu_deep, "fnn_systems": fnn_systems,
+           "scan_trees": scan_trees, "scan_counts": scan_counts, "pipelines": pipelines, "rnn_systems": rnn_systems,
            "graph_system": graph_system}
 
 
