@@ -78,8 +78,8 @@ def bench_cpu_deep():
 
 
 FIGURES = {"bench_cpu": bench_cpu, "bench_cpu_deep": bench_cpu_deep, "fnn_systems": fnn_systems,
-           "scan_trees": scan_trees, "scan_counts": scan_counts, "pipelines": pipelines, "rnn_systems": rnn_systems,
-           "graph_system": graph_system}
+           "scan_trees": scan_trees, "scan_counts": scan_counts, "pipelines": pipelines,
+           "rnn_systems": rnn_systems, "graph_system": graph_system}
 
 
 def main(argv=None) -> None:
