@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 
 import torch
 
@@ -24,7 +25,8 @@ __all__ = ["TriangularSystem", "BlockBidiagonalSystem"]
 class TriangularSystem:
     """Base class: a unit block triangular system ``(I - N) u = r``.
 
-    Subclasses set ``rhs`` (a tuple of ``(batch, n_i)`` tensors, one per block row) and
+    Subclasses set ``rhs`` once, in ``__init__`` (a tuple of ``(batch, n_i)`` tensors, one per
+    block row; sizes derived from it are cached), and
     ``upper``, and implement :meth:`apply_offdiagonal` (``N u``) and :meth:`dense_blocks`.
 
     Attributes:
@@ -43,7 +45,8 @@ class TriangularSystem:
         """Number of block rows (layers, for an FNN)."""
         return len(self.rhs)
 
-    @property
+    # Sizes are read inside solver loops: computed once (``rhs`` is set once, in ``__init__``).
+    @cached_property
     def block_sizes(self) -> tuple[int, ...]:
         """Width ``n_i`` of every block row."""
         return tuple(r.shape[-1] for r in self.rhs)
@@ -60,7 +63,7 @@ class TriangularSystem:
     def device(self) -> torch.device:
         return self.rhs[0].device
 
-    @property
+    @cached_property
     def offsets(self) -> tuple[int, ...]:
         """Row offset of every block in the dense matrix, plus the total size at the end."""
         out = [0]
