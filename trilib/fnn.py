@@ -159,9 +159,10 @@ _FROM_OUTPUT: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def record_forward(model: nn.Module, x: torch.Tensor) -> FNNRecord:
-    """Check the inputs, then run the forward pass keeping ``z_l`` and ``f_l'(y_l)``."""
-    layers = parse_sequential(model)
+def record_forward(layers: Sequence[FNNLayer], x: torch.Tensor) -> FNNRecord:
+    """Check the inputs, then run the forward pass of the parsed ``layers`` keeping ``z_l`` and
+    ``f_l'(y_l)``."""
+    layers = list(layers)
     _check_input(layers, x)
     zs: list[torch.Tensor] = [x]
     ds: list[torch.Tensor | None] = [None] * len(layers)

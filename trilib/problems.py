@@ -50,30 +50,26 @@ def backward_problem(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> Ba
     for predicate, builder in _BUILDERS:
         if predicate(model):
             return builder(model, x, loss_fn)
-    # Any other module: trace it into a computation graph (THEORY §3-4). Modules torch.fx cannot
-    # trace, or operations without a Jacobian rule, raise UnsupportedLayerError naming them.
+    return _graph_problem(model, x, loss_fn)
+
+
+def _graph_problem(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> BackwardProblem:
+    """Any other module: traced into a computation graph (THEORY §3-4). Modules torch.fx cannot
+    trace, or operations without a Jacobian rule, raise UnsupportedLayerError naming them."""
     from .graph import graph_problem
 
     return graph_problem(model, x, loss_fn)
 
 
-def _is_fnn(model: nn.Module) -> bool:
-    """An nn.Sequential that :func:`fnn.parse_sequential` accepts (its ValueErrors, e.g. widths
-    that do not chain, stay on the FNN path so their message is kept)."""
-    if not isinstance(model, nn.Sequential):
-        return False
-    try:
-        fnn.parse_sequential(model)
-    except UnsupportedLayerError:
-        return False
-    except ValueError:
-        return True
-    return True
-
-
-@register_model(_is_fnn)
+@register_model(lambda m: isinstance(m, nn.Sequential))
 def _fnn_problem(model: nn.Sequential, x: torch.Tensor, loss_fn: Callable) -> BackwardProblem:
-    rec = fnn.record_forward(model, x)
+    try:
+        layers = fnn.parse_sequential(model)
+    except UnsupportedLayerError:
+        # Not an FNN (e.g. a Sequential with LayerNorm): the graph path takes it.
+        # parse_sequential's ValueErrors (widths that do not chain, ...) stay on the FNN path.
+        return _graph_problem(model, x, loss_fn)
+    rec = fnn.record_forward(layers, x)
     loss, g = fnn.loss_gradient(rec.zs[-1], loss_fn)
     system = fnn.backward_system_from_record(rec, g)
     return BackwardProblem(system, loss, lambda v: fnn.parameter_gradients(model, rec, v))
