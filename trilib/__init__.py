@@ -12,7 +12,7 @@ Example:
 
 from . import data, graph, nets, rnn, trace
 from ._checks import MemoryLimitError, UnsupportedLayerError, config
-from .api import backward_system, forward_system, gradients
+from .api import backward_system, compare_to_autograd, forward_system, gradients
 from .fnn import NonlinearForwardSystem
 from .forward import forward
 from .graph import GraphSystem
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockBidiagonalSystem", "ConvergenceError", "ConvergenceWarning", "GraphSystem",
     "MemoryLimitError", "NonlinearForwardSystem", "RNNSystem", "TriangularSystem",
-    "UnsupportedLayerError", "backward", "backward_system", "config", "data", "forward",
+    "UnsupportedLayerError", "backward", "backward_system", "compare_to_autograd", "config", "data", "forward",
     "forward_system", "gradients", "graph", "methods", "nets", "rnn", "solve", "trace", "viz",
 ]
 

@@ -50,7 +50,7 @@ from .systems import BlockBidiagonalSystem
 
 __all__ = [
     "AUTOGRAD", "SCAN", "associative_scan_solve", "crossover", "device_name", "main",
-    "measure", "plot_results", "recorded_figure", "run_mlp", "run_rnn", "save_results", "load_results",
+    "measure", "median_times", "plot_results", "recorded_figure", "run_mlp", "run_rnn", "save_results", "load_results",
 ]
 
 AUTOGRAD = "autograd"
@@ -154,6 +154,18 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device | str = "
                 fns[name]()
             times[name].append(_time_once(fns[name], device))
     return times
+
+
+def median_times(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu",
+                 repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, measured interleaved by :func:`measure`.
+
+    Example:
+        >>> t = median_times({"a": lambda: sum(range(100)), "b": lambda: sum(range(1000))}, repeats=3)
+        >>> sorted(t)
+        ['a', 'b']
+    """
+    return {name: statistics.median(t) for name, t in measure(fns, device, repeats, warmup).items()}
 
 
 def device_name(device: torch.device | str) -> str:

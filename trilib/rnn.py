@@ -130,6 +130,10 @@ class RNNSystem(TriangularSystem):
             return flat.reshape(k, tau, *flat.shape[1:])
         return flat.reshape(tau, k, *flat.shape[1:]).transpose(0, 1)
 
+    def _converted(self, convert) -> RNNSystem:
+        return RNNSystem(convert(self.w_ih), convert(self.w_hh), convert(self.d), convert(self.g),
+                         order=self.order)
+
     def with_order(self, order: str) -> RNNSystem:
         """The same system with the unknowns in the other ordering."""
         return RNNSystem(self.w_ih, self.w_hh, self.d, self.g, order=order)

@@ -128,6 +128,27 @@ class TriangularSystem:
         scale = math.sqrt(sum(float(t.pow(2).sum()) for t in self.rhs))
         return res / scale if scale > 0 else res
 
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+           ) -> TriangularSystem:
+        """The same system with every tensor converted, like ``Tensor.to``: e.g. a float64 system
+        in float32, to measure what rounding does to a solver.
+
+        Example:
+            >>> import torch, trilib
+            >>> net = trilib.nets.mlp([3, 4, 2], seed=0, dtype=torch.float64)
+            >>> U = trilib.backward_system(net, torch.randn(2, 3, dtype=torch.float64), lambda o: o.sum())
+            >>> U.to(torch.float32).dtype
+            torch.float32
+        """
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        convert = lambda t: None if t is None else t.to(dtype=dtype, device=device)  # noqa: E731
+        return self._converted(convert)
+
+    def _converted(self, convert) -> TriangularSystem:
+        raise TypeError(f"a {type(self).__name__} holds functions of its model and cannot convert "
+                        "itself; build it again from model.to(dtype) and x.to(dtype)")
+
     def __repr__(self) -> str:
         sizes = self.block_sizes
         shown = sizes if len(sizes) <= 8 else (*sizes[:3], "...", *sizes[-2:])
@@ -237,6 +258,10 @@ class BlockBidiagonalSystem(TriangularSystem):
             m, d = self.mats[l], self.scales[l]
             m = m if m.dim() == 2 else m[sample]
             yield (*self.row_col(l), m if d is None else d[sample].unsqueeze(-1) * m)
+
+    def _converted(self, convert) -> BlockBidiagonalSystem:
+        return BlockBidiagonalSystem([convert(m) for m in self.mats], [convert(d) for d in self.scales],
+                                     [convert(r) for r in self.rhs], upper=self.upper, symbol=self.symbol)
 
     def with_rhs(self, rhs: Sequence[torch.Tensor]) -> BlockBidiagonalSystem:
         """The same matrix with another right-hand side."""
