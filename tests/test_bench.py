@@ -9,6 +9,7 @@ import torch
 
 import trilib
 from trilib import bench
+from trilib.viz import bench as vizbench
 
 TINY = ["--k", "2,4", "--n", "3", "--batch", "2", "--tau", "3", "--fixed-k", "3", "--fixed-n", "3",
         "--fixed-batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "0"]
@@ -151,20 +152,20 @@ def test_table_and_plot_from_recorded_rows(tmp_path):
     result = {"machine": {"name": "test", "device": "cpu", "torch": torch.__version__, "stem": "cpu-test"},
               "rows": rows}
     jpath, _ = bench.save_results(result, tmp_path)
-    fig = bench.plot_results(bench.load_results(jpath), tmp_path / "f.png")
+    fig = vizbench.plot_results(bench.load_results(jpath), tmp_path / "f.png")
     assert (tmp_path / "f.png").exists() and len(fig.axes) == 1
     assert all(math.isfinite(r["median_s"]) for r in rows)
 
 
 def test_recorded_figure(tmp_path):
     with pytest.raises(FileNotFoundError, match="no recorded cuda results"):
-        bench.recorded_figure("cuda", tmp_path)
+        vizbench.recorded_figure("cuda", tmp_path)
     rows = bench.run_mlp([2], [3], [1], repeats=1, warmup=0, methods=["sequential"], step=False)
     bench.save_results({"machine": {"name": "t", "device": "cpu", "torch": "x", "stem": "cpu-t"},
                         "rows": rows}, tmp_path)
-    assert len(bench.recorded_figure("cpu", tmp_path).axes) == 1
+    assert len(vizbench.recorded_figure("cpu", tmp_path).axes) == 1
     with pytest.raises(FileNotFoundError, match="no recorded cpu results tagged 'deep'"):
-        bench.recorded_figure("cpu", tmp_path, tag="deep")
+        vizbench.recorded_figure("cpu", tmp_path, tag="deep")
     bench.save_results({"machine": {"name": "t", "device": "cpu", "torch": "x", "stem": "cpu-t-deep"},
                         "rows": rows}, tmp_path)
-    assert len(bench.recorded_figure("cpu", tmp_path, tag="deep").axes) == 1
+    assert len(vizbench.recorded_figure("cpu", tmp_path, tag="deep").axes) == 1

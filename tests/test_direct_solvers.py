@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import dense_solution, random_system, rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._higher_order_ops import associative_scan
@@ -14,7 +15,7 @@ from torch._higher_order_ops import associative_scan
 import trilib
 from trilib.solvers import blelloch, cyclic_reduction, parallel_cyclic_reduction, recursive_doubling
 
-METHODS = ["recursive_doubling", "blelloch", "cyclic_reduction", "parallel_cyclic_reduction"]
+METHODS = trilib.methods(trilib.BlockBidiagonalSystem, family="direct")
 MODULES = {"recursive_doubling": recursive_doubling, "blelloch": blelloch,
            "cyclic_reduction": cyclic_reduction, "parallel_cyclic_reduction": parallel_cyclic_reduction}
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -23,31 +24,6 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 def ceil_log2(k):
     return math.ceil(math.log2(k)) if k > 1 else 0
-
-
-def random_system(sizes, upper, batch=3, dtype=torch.float64, device="cpu", shared=True,
-                  scaled=True, seed=0):
-    """A random block bi-diagonal system with widths ``sizes`` (blocks scaled to stay O(1))."""
-    gen = torch.Generator().manual_seed(seed)
-    mats, scales = [], []
-    for l in range(len(sizes) - 1):
-        rows, cols = (sizes[l], sizes[l + 1]) if upper else (sizes[l + 1], sizes[l])
-        shape = (rows, cols) if shared else (batch, rows, cols)
-        mats.append((torch.randn(shape, generator=gen, dtype=torch.float64) / cols**0.5).to(device, dtype))
-        scales.append((torch.rand(batch, rows, generator=gen, dtype=torch.float64) + 0.5).to(device, dtype)
-                      if scaled else None)
-    rhs = [torch.randn(batch, n, generator=gen, dtype=torch.float64).to(device, dtype) for n in sizes]
-    return trilib.BlockBidiagonalSystem(mats, scales, rhs, upper=upper)
-
-
-def dense_solution(system, sample):
-    a = system.to_dense(sample)
-    r = system.rhs_dense(sample).unsqueeze(-1)
-    return torch.linalg.solve_triangular(a, r, upper=system.upper, unitriangular=True).squeeze(-1)
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 # -- solutions against the dense triangular solve -----------------------------------------------
@@ -241,7 +217,7 @@ def test_tree_plots_draw_from_the_trace():
         assert method in ax.get_title()
     with pytest.raises(ValueError, match="step"):
         plot_tree(tree_trace("blelloch", 9), k=9, step=99)
-    fig = plot_counts(METHODS + ["sequential"], ks=range(1, 20))
+    fig = plot_counts([*METHODS, "sequential"], ks=range(1, 20))
     assert len(fig.axes) == 2
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import rel
 from torch import nn
 
 import trilib
-from trilib.fnn import ELEMENTWISE
-from trilib.forward import ConvergenceError, ConvergenceWarning
+from trilib import ConvergenceError, ConvergenceWarning
+from trilib._autograd import ELEMENTWISE
 
 F64 = torch.float64
-HAS_RD = "recursive_doubling" in trilib.methods()
 ACTS = [None, *ELEMENTWISE]
 
 
@@ -25,12 +25,7 @@ def stack(act, widths=(3, 6, 5, 6, 4, 6, 2), seed=0, dtype=F64, last=False):
     return nn.Sequential(*mods)
 
 
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
-
-
-NEWTON = [{"linear_method": "sequential"},
-          pytest.param({}, marks=pytest.mark.skipif(not HAS_RD, reason="recursive doubling not there yet"))]
+NEWTON = [{"linear_method": "sequential"}, {}]
 
 
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: "linear" if a is None else a.__name__)
@@ -46,14 +41,13 @@ def test_every_method_returns_model_output(act, last):
     out, trace = trilib.forward(net, x, "jacobi", return_trace=True)
     assert rel(out, expected) <= 1e-12
     assert trace.steps <= k and len(trace.residuals) == trace.steps and trace.info["converged"]
-    for options in ({"linear_method": "sequential"},) + (({},) if HAS_RD else ()):
+    for options in NEWTON:
         out, trace = trilib.forward(net, x, "newton", return_trace=True, **options)
         assert rel(out, expected) <= 1e-12, options
         assert trace.steps <= k and trace.info["converged"]
         assert trace.info["linear_steps"] == sum(t.steps for t in trace.info["linear_traces"])
 
 
-@pytest.mark.skipif(not HAS_RD, reason="recursive doubling not there yet")
 def test_newton_default_is_recursive_doubling():
     net = trilib.nets.mlp([3, 8, 8, 8, 8, 8, 8, 8, 8, 2], activation="tanh", seed=0, dtype=F64)
     x = torch.randn(4, 3, dtype=F64)

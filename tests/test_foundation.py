@@ -5,19 +5,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import autograd_grads, rel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import trilib
-from trilib.fnn import ELEMENTWISE
+from trilib._autograd import ELEMENTWISE
 
 ACTIVATIONS = [t for t in ELEMENTWISE]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    diff, scale = float((a - b).double().norm()), float(b.double().norm())
-    return diff / scale if scale > 0 else diff
 
 
 def gradient_rel_err(ours: dict, ref: dict) -> float:
@@ -30,13 +26,7 @@ def gradient_rel_err(ours: dict, ref: dict) -> float:
     assert list(ours) == list(ref)
     for name in ref:
         assert ours[name].shape == ref[name].shape, name
-    return rel_err(torch.cat([ours[n].flatten() for n in ref]), torch.cat([ref[n].flatten() for n in ref]))
-
-
-def autograd_grads(model, x, loss_fn):
-    model.zero_grad()
-    loss_fn(model(x)).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    return rel(torch.cat([ours[n].flatten() for n in ref]), torch.cat([ref[n].flatten() for n in ref]))
 
 
 def build(widths, acts, bias=True, dtype=torch.float64, seed=0):
@@ -100,7 +90,7 @@ def test_every_activation_float64(act):
     model, x, loss_fn = make_case([5, 7, 6, 4], [act, act, act], 9, "ce", True, 1, torch.float64)
     ours, ref = trilib.gradients(model, x, loss_fn), autograd_grads(model, x, loss_fn)
     for name in ref:
-        assert rel_err(ours[name], ref[name]) <= 1e-12
+        assert rel(ours[name], ref[name]) <= 1e-12
 
 
 def test_composed_activations_and_nested_sequential():
@@ -112,7 +102,7 @@ def test_composed_activations_and_nested_sequential():
     ours, ref = trilib.gradients(model, x, loss_fn), autograd_grads(model, x, loss_fn)
     assert list(ours) == list(ref)
     for name in ref:
-        assert rel_err(ours[name], ref[name]) <= 1e-12
+        assert rel(ours[name], ref[name]) <= 1e-12
 
 
 def test_shared_layer_accumulates_gradient():
@@ -124,7 +114,7 @@ def test_shared_layer_accumulates_gradient():
     ours, ref = trilib.gradients(model, x, loss_fn), autograd_grads(model, x, loss_fn)
     assert list(ours) == list(ref)
     for name in ref:
-        assert rel_err(ours[name], ref[name]) <= 1e-12
+        assert rel(ours[name], ref[name]) <= 1e-12
 
 
 @settings(max_examples=25, deadline=None)
@@ -137,7 +127,7 @@ def test_solve_equals_dense_triangular_solve(case):
         a = system.to_dense(s)
         assert torch.equal(a, torch.triu(a)) and torch.equal(a.diagonal(), torch.ones_like(a.diagonal()))
         ref = torch.linalg.solve_triangular(a, system.rhs_dense(s)[:, None], upper=True)[:, 0]
-        assert rel_err(torch.cat([vl[s] for vl in v]), ref) <= 1e-12 or float(ref.norm()) == 0
+        assert rel(torch.cat([vl[s] for vl in v]), ref) <= 1e-12 or float(ref.norm()) == 0
     assert system.residual_norm(v) <= 1e-13
 
 
@@ -156,7 +146,7 @@ def test_backward_solution_is_dE_dy():
             ys.append(z)
     loss_fn(z).backward()
     for vl, y in zip(v, ys):
-        assert rel_err(vl, y.grad) <= 1e-12
+        assert rel(vl, y.grad) <= 1e-12
 
 
 @settings(max_examples=25, deadline=None)
@@ -168,7 +158,7 @@ def test_forward_system_solution_is_model_output(case):
     z = trilib.solve(system)
     with torch.no_grad():
         out = model(x)
-    assert rel_err(z[-1], out) <= 1e-12 or float(out.norm()) == 0
+    assert rel(z[-1], out) <= 1e-12 or float(out.norm()) == 0
     a = system.to_dense(0)
     assert torch.equal(a, torch.tril(a))
 
@@ -181,7 +171,7 @@ def test_linear_stack_forward_system_is_explicit_and_linear():
     a, r = system.to_dense(1), system.rhs_dense(1)
     z = torch.linalg.solve_triangular(a, r[:, None], upper=False)[:, 0]
     with torch.no_grad():
-        assert rel_err(z[-2:], model(x)[1]) <= 1e-12
+        assert rel(z[-2:], model(x)[1]) <= 1e-12
         assert torch.allclose(system.rhs[0], model[0](x))
     # sub-diagonal blocks are -W_l
     assert torch.equal(a[4:9, 0:4], -model[1].weight.detach())
@@ -199,7 +189,7 @@ def test_nonlinear_forward_system_and_newton_linearisation():
     lin = system.linearize(z)
     jac = torch.autograd.functional.jacobian(model[2:4], z[0][2])
     got = dict(((i, j), b) for i, j, b in lin.dense_blocks(2))[(1, 0)]
-    assert rel_err(got, jac) <= 1e-12
+    assert rel(got, jac) <= 1e-12
     assert torch.equal(system.to_dense(2), lin.to_dense(2))
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import dense_solution, random_system, rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import trilib
-from trilib.fnn import ELEMENTWISE
-from trilib.solvers.iterative import ConvergenceError, ConvergenceWarning, default_tol, slabs
+from trilib._autograd import ELEMENTWISE
+from trilib.solvers._sweeps import ConvergenceError, ConvergenceWarning, default_tol, slabs
 
 F64 = torch.float64
-LINEAR_METHODS = ["jacobi", "block_jacobi", "gauss_seidel", "newton"]
+LINEAR_METHODS = trilib.methods(trilib.BlockBidiagonalSystem, family="iterative")
 
 
 def stack(act: type | None, widths=(3, 5, 4, 6, 4, 2), seed=0, dtype=F64):
@@ -32,31 +33,8 @@ def loss_fn(out):
     return (out.sin() * torch.arange(1, out.shape[1] + 1, dtype=out.dtype)).sum()
 
 
-def dense_solution(system):
-    out = []
-    for s in range(system.batch_size):
-        a, r = system.to_dense(s), system.rhs_dense(s).unsqueeze(-1)
-        out.append(torch.linalg.solve_triangular(a, r, upper=system.upper, unitriangular=True).squeeze(-1))
-    return torch.stack(out)
-
-
 def flat(u):
     return torch.cat(list(u), dim=1)
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
-
-
-def random_system(sizes, upper, batch=3, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    mats, scales = [], []
-    for l in range(len(sizes) - 1):
-        rows, cols = (sizes[l], sizes[l + 1]) if upper else (sizes[l + 1], sizes[l])
-        mats.append(torch.randn(rows, cols, generator=gen, dtype=F64) / cols**0.5)
-        scales.append(torch.rand(batch, rows, generator=gen, dtype=F64) + 0.5)
-    rhs = [torch.randn(batch, n, generator=gen, dtype=F64) for n in sizes]
-    return trilib.BlockBidiagonalSystem(mats, scales, rhs, upper=upper)
 
 
 OPTIONS = [("jacobi", {}), ("block_jacobi", {"p": 1}), ("block_jacobi", {"p": 2}), ("block_jacobi", {"p": 3}),
@@ -101,7 +79,6 @@ def test_gradients_equal_autograd_every_activation(act):
             assert torch.allclose(g, expected[n], rtol=1e-12, atol=1e-13), (method, options, n)
 
 
-@pytest.mark.skipif("recursive_doubling" not in trilib.methods(), reason="recursive doubling not there yet")
 def test_newton_default_linear_method_on_linear_systems():
     U = random_system([3, 4, 2, 5, 3], upper=True)
     v, trace = trilib.solve(U, "newton", return_trace=True)
@@ -197,9 +174,7 @@ def test_default_tol_depends_on_dtype():
 
 # -- matrix-free Jacobi on other systems ----------------------------------------------------------
 def test_jacobi_on_graph_system():
-    graph = pytest.importorskip("trilib.graph")
-    if not hasattr(graph, "resnet_mlp"):
-        pytest.skip("no resnet_mlp builder")
+    graph = trilib.graph
     net = graph.resnet_mlp(width=4, blocks=2, seed=0, dtype=F64)
     x = torch.randn(3, 4, dtype=F64)
     U = trilib.backward_system(net, x, loss_fn)

@@ -5,15 +5,17 @@ import math
 
 import pytest
 import torch
+from conftest import autograd_grads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trilib
-from trilib.rnn import RNNClassifier, RNNSystem
+from trilib import RNNSystem
+from trilib.rnn import RNNClassifier
 from trilib.solvers.rnn_methods import nested_step_bound, time_scan
 
 DT = torch.float64
-METHODS = ("sequential", "wavefront", "nested")
+METHODS = trilib.methods(trilib.RNNSystem, family="rnn")
 
 
 def make(k=2, tau=5, n_in=3, n=4, batch=2, nonlinearity="tanh", batch_first=False, bias=True,
@@ -29,13 +31,6 @@ def make(k=2, tau=5, n_in=3, n=4, batch=2, nonlinearity="tanh", batch_first=Fals
 def loss_fn(out):
     output, h_n = out
     return output.sin().sum() + 0.5 * h_n.square().sum()
-
-
-def autograd_grads(model, inputs, fn):
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
-    loss = fn(model(*args))
-    names = [n for n, _ in model.named_parameters()]
-    return dict(zip(names, torch.autograd.grad(loss, list(model.parameters()))))
 
 
 def assert_close(grads, ref, tol=1e-12):

@@ -1,5 +1,16 @@
 """trilib: forward and backward propagation as triangular systems, and the parallel solvers
-that compute them in O(log k) steps (M. Naumov, arXiv 1712.06577).
+that compute them in O(log k) steps (M. Naumov, arXiv 1712.06577; the theory chapter is
+docs/theory.md).
+
+The library is layered; every import points down this list, never up or sideways:
+
+1. foundation: ``_checks`` (errors, config), ``_numerics``, ``_autograd``, ``trace``;
+2. ``systems`` — every system class and the backward-problem value type;
+3. the model builders ``fnn``, ``rnn``, ``graph`` (capture and example models) and the
+   ``solvers`` (one file per algorithm), which never import each other;
+4. ``api`` — dispatches on the model type to a builder, then solves (``backward_system``,
+   ``gradients``, ``forward``, ...), and ``training`` (``backward``, ``fit``);
+5. ``bench``, ``viz``, ``figures``, ``schedule``, ``nets``, ``data``.
 
 Example:
     >>> import torch, trilib
@@ -10,16 +21,12 @@ Example:
     >>> grads = trilib.gradients(net, x, lambda out: out.square().mean())
 """
 
-from . import data, graph, nets, rnn, trace
+from . import data, graph, nets, rnn, solvers, systems, trace
 from ._checks import MemoryLimitError, UnsupportedLayerError, config
-from .api import backward_system, compare_to_autograd, forward_system, gradients
-from .fnn import NonlinearForwardSystem
-from .forward import forward
-from .graph import GraphSystem
-from .rnn import RNNSystem
+from .api import backward_system, compare_to_autograd, forward, forward_system, gradients
 from .solvers import methods, solve
-from .solvers.iterative import ConvergenceError, ConvergenceWarning
-from .systems import BlockBidiagonalSystem, TriangularSystem
+from .solvers._sweeps import ConvergenceError, ConvergenceWarning
+from .systems import BlockBidiagonalSystem, GraphSystem, NonlinearForwardSystem, RNNSystem, TriangularSystem
 from .training import backward
 
 __version__ = "0.1.0"
@@ -27,14 +34,15 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockBidiagonalSystem", "ConvergenceError", "ConvergenceWarning", "GraphSystem",
     "MemoryLimitError", "NonlinearForwardSystem", "RNNSystem", "TriangularSystem",
-    "UnsupportedLayerError", "backward", "backward_system", "compare_to_autograd", "config", "data", "forward",
-    "forward_system", "gradients", "graph", "methods", "nets", "rnn", "solve", "trace", "viz",
+    "UnsupportedLayerError", "backward", "backward_system", "compare_to_autograd", "config", "data",
+    "forward", "forward_system", "gradients", "graph", "methods", "nets", "rnn", "solve", "solvers",
+    "systems", "trace", "viz",
 ]
 
 
 def __getattr__(name):
-    # trilib.viz imports matplotlib: load it only when asked for.
-    if name == "viz":
+    # trilib.viz and trilib.bench import matplotlib or timing machinery: load them only when asked for.
+    if name in ("viz", "bench"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

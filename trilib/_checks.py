@@ -1,7 +1,7 @@
 """Input checks shared by every entry point.
 
 Each check raises before any heavy work and names the argument, what was expected and what was
-received (see ``shared/STYLE.md``). Memory-hungry steps call :func:`check_memory` with an
+received. Memory-hungry steps call :func:`check_memory` with an
 estimate first.
 """
 

@@ -1,4 +1,9 @@
-"""The public entry points: systems from models, and gradients from solves."""
+"""The public entry points: systems from models, gradients and forward passes from solves.
+
+This is the one place that knows every model builder: :func:`backward_problem` dispatches on
+the model's type (an FNN ``nn.Sequential``, an ``nn.RNN``, an ``RNNClassifier``, else any
+``torch.fx``-traceable module), so builders and solvers never import each other.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,50 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import fnn
-from .problems import backward_problem
-from .solvers import check_method, solve
-from .systems import TriangularSystem
+from . import fnn, graph, rnn
+from ._checks import UnsupportedLayerError
+from ._numerics import rel_error
+from .solvers import check_method, methods, solve
+from .systems import BackwardProblem, TriangularSystem
 
-__all__ = ["backward_system", "compare_to_autograd", "forward_system", "gradients"]
+__all__ = ["backward_problem", "backward_system", "compare_to_autograd", "forward", "forward_system",
+           "gradients"]
+
+
+def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
+    """The backward system of ``model`` on ``x`` with its loss and parameter-gradient map.
+
+    Dispatch on the model type: ``nn.RNN`` and :class:`trilib.rnn.RNNClassifier` go to the RNN
+    builder; an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations to the FNN
+    builder; any other module (a Sequential with other layers too) to the graph builder, which
+    traces it with ``torch.fx``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (output -> scalar loss), got {type(loss_fn).__name__}")
+    if isinstance(model, nn.RNN):
+        return rnn.backward_problem(model, x, loss_fn)
+    if isinstance(model, rnn.RNNClassifier):
+        return rnn.classifier_problem(model, x, loss_fn)
+    if isinstance(model, nn.Sequential):
+        try:
+            layers = fnn.parse_sequential(model)
+        except UnsupportedLayerError:
+            layers = None      # not an FNN (e.g. LayerNorm inside): the graph path takes it
+        if layers is not None:
+            return fnn.backward_problem(model, layers, x, loss_fn)
+    return graph.backward_problem(model, x, loss_fn)
 
 
 def backward_system(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> TriangularSystem:
-    """The upper triangular system ``U v = r`` of backward propagation (THEORY §1-4).
+    """The upper triangular system ``U v = r`` of backward propagation (docs/theory.md §1-4).
 
     Args:
         model: an ``nn.Sequential`` of ``nn.Linear`` layers, each followed by zero or more
-            element-wise activations (``trilib.fnn.ELEMENTWISE``): the FNN of THEORY §1;
-            an ``nn.RNN`` (THEORY §2, see :mod:`trilib.rnn`); or any other module that
-            ``torch.fx`` can trace (THEORY §3-4, see :mod:`trilib.graph`).
+            element-wise activations (``trilib.fnn.ELEMENTWISE``): the FNN of docs/theory.md §1;
+            an ``nn.RNN`` (docs/theory.md §2, see :mod:`trilib.rnn`); or any other module that
+            ``torch.fx`` can trace (docs/theory.md §3-4, see :mod:`trilib.graph`).
         x: the input batch, ``(batch, n_0)`` for an FNN, same dtype and device as the model.
         loss_fn: ``loss_fn(model(x))`` returns the scalar loss E; ``g = dE/dz_k`` comes from
             autograd on the loss alone.
@@ -42,17 +75,55 @@ def backward_system(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> Tri
 
 
 def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
-    """The lower triangular system of forward propagation (THEORY §1).
+    """The lower triangular system of forward propagation (docs/theory.md §1).
 
     With identity activations (a stack of ``nn.Linear``) it is linear and explicit: a
     :class:`~trilib.systems.BlockBidiagonalSystem` with ``upper=False``, sub-diagonal blocks
     ``W_l`` and right-hand side ``(W_1 x + b_1, b_2, ..., b_k)``. Otherwise it is the nonlinear
-    :class:`~trilib.fnn.NonlinearForwardSystem` ``F(z) = 0``. Either way
+    :class:`~trilib.systems.NonlinearForwardSystem` ``F(z) = 0``. Either way
     ``trilib.solve(system)[-1]`` equals ``model(x)``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return fnn.forward_system(model, x)
+
+
+def forward(model: nn.Module, x: torch.Tensor, method: str = "sequential", return_trace: bool = False,
+            **options):
+    """``model(x)`` computed by solving the forward system with ``method``.
+
+    Args:
+        model: an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations.
+        x: the input batch ``(batch, n_0)``, same dtype and device as the model.
+        method: ``"sequential"`` (forward substitution = ordinary forward propagation),
+            ``"jacobi"`` (nonlinear Jacobi, options ``tol``, ``max_sweeps``, ``reference``,
+            ``on_failure``) or ``"newton"`` (options ``linear_method``, default
+            ``"recursive_doubling"``, ``linear_options``, ``tol``, ``max_iterations``, ...); any
+            other method that applies to the forward system also works.
+        return_trace: also return the :class:`~trilib.trace.Trace` (iterations, residuals).
+        **options: passed to the method.
+
+    Returns:
+        The output ``z_k``, shaped like ``model(x)`` (no autograd graph); with
+        ``return_trace=True`` the pair ``(output, trace)``. A method that misses its tolerance
+        warns with :class:`ConvergenceWarning` (or raises :class:`ConvergenceError` with
+        ``on_failure="raise"``).
+
+    Example:
+        >>> import torch, trilib
+        >>> net = trilib.nets.mlp([3, 8, 8, 2], seed=0, dtype=torch.float64)
+        >>> x = torch.randn(4, 3, dtype=torch.float64)
+        >>> out, trace = trilib.forward(net, x, "jacobi", return_trace=True)
+        >>> torch.allclose(out, net(x)), trace.steps <= 3
+        (True, True)
+    """
+    check_method(method)
+    system = forward_system(model, x)
+    if method not in methods(system):
+        raise ValueError(f"method {method!r} does not apply to the forward system "
+                         f"({type(system).__name__}); methods for it: {', '.join(methods(system))}")
+    z, trace = solve(system, method=method, return_trace=True, **options)
+    return (z[-1], trace) if return_trace else z[-1]
 
 
 def gradients(model: nn.Module, x: torch.Tensor, loss_fn: Callable, method: str = "sequential",
@@ -102,6 +173,4 @@ def compare_to_autograd(model: nn.Module, x, loss_fn: Callable, method: str = "s
     with torch.enable_grad():
         ref = torch.autograd.grad(loss_fn(model(*args)), [p for _, p in named], allow_unused=True)
     ref = [torch.zeros_like(p) if r is None else r for (_, p), r in zip(named, ref)]
-    num = sum(float((ours[n].double() - r.double()).pow(2).sum()) for (n, _), r in zip(named, ref))
-    den = sum(float(r.double().pow(2).sum()) for r in ref)
-    return (num / den) ** 0.5 if den > 0 else num ** 0.5
+    return rel_error([ours[n] for n, _ in named], ref)

@@ -18,6 +18,8 @@ import torch  # noqa: E402
 from . import viz  # noqa: E402
 from .api import backward_system, forward_system  # noqa: E402
 from .nets import mlp  # noqa: E402
+from .solvers import methods  # noqa: E402
+from .systems import BlockBidiagonalSystem  # noqa: E402
 
 
 def fnn_systems():
@@ -27,7 +29,7 @@ def fnn_systems():
     return viz.spy_pair(forward_system(net, x), backward_system(net, x, lambda out: out.square().sum()))
 
 
-DIRECT = ("recursive_doubling", "blelloch", "cyclic_reduction", "parallel_cyclic_reduction")
+DIRECT = methods(BlockBidiagonalSystem, family="direct")
 
 
 def scan_trees():
@@ -55,7 +57,7 @@ def rnn_systems():
 
 def graph_system():
     """A residual chain with skip distance 2 beside its triangular pattern, levels coloured."""
-    from .graph import SkipChain
+    from .graph.models import SkipChain
 
     torch.manual_seed(0)
     net = SkipChain(width=3, blocks=6, skip=2).double()
@@ -65,14 +67,14 @@ def graph_system():
 
 def bench_cpu():
     """Recorded CPU benchmark: backward time against autograd (redrawn from benchmarks/results)."""
-    from .bench import recorded_figure
+    from .viz.bench import recorded_figure
 
     return recorded_figure("cpu")
 
 
 def bench_cpu_deep():
     """Recorded CPU benchmark of deep narrow MLPs (k up to 4096), with the crossover depth."""
-    from .bench import recorded_figure
+    from .viz.bench import recorded_figure
 
     return recorded_figure("cpu", tag="deep")
 

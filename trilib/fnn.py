@@ -1,5 +1,5 @@
-"""Feedforward networks (``nn.Sequential`` of ``nn.Linear`` and element-wise activations) as
-triangular systems (THEORY §1).
+"""The FNN builder: an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations as
+triangular systems (docs/theory.md §1).
 
 Layer ``l`` computes ``y_l = W_l z_{l-1} + b_l`` and ``z_l = f_l(y_l)``. Its errors
 ``v_l = dE/dy_l`` solve the upper block bi-diagonal system with ``B_l = D_l W_{l+1}^T``,
@@ -16,21 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import UnsupportedLayerError, check_finite, check_matches, check_scalar_loss
-from .systems import BlockBidiagonalSystem, TriangularSystem
+from ._autograd import ELEMENTWISE, loss_gradients
+from ._checks import UnsupportedLayerError, check_finite, check_matches
+from .systems import BackwardProblem, BlockBidiagonalSystem, NonlinearForwardSystem, TriangularSystem
 
-__all__ = ["FNNLayer", "parse_sequential", "NonlinearForwardSystem", "ELEMENTWISE"]
-
-#: Activations trilib treats as element-wise ``z = f(y)`` (exact types; subclasses may not be).
-#: Each has a dedicated autograd kernel for f'. Composite ones such as Tanhshrink (y - tanh y)
-#: and Softsign are left out: autograd differentiates them through their parts, with
-#: cancellation, so no separately computed f' can match it to 1e-12.
-ELEMENTWISE: tuple[type, ...] = (
-    nn.Identity, nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.Softplus, nn.ELU,
-    nn.SiLU, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.CELU, nn.SELU, nn.LogSigmoid, nn.Hardsigmoid,
-    nn.Hardswish,
-)
-
+__all__ = ["FNNLayer", "parse_sequential", "record_forward", "backward_problem", "forward_system"]
 
 @dataclass(frozen=True)
 class FNNLayer:
@@ -183,20 +173,6 @@ def record_forward(layers: Sequence[FNNLayer], x: torch.Tensor) -> FNNRecord:
     return FNNRecord(layers, zs, ds)
 
 
-def loss_gradient(output: torch.Tensor, loss_fn: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(E, dE/d output)`` from autograd on the loss alone."""
-    out = output.detach().requires_grad_(True)
-    with torch.enable_grad():
-        loss = check_scalar_loss(loss_fn(out))
-        if not loss.requires_grad:
-            raise ValueError("loss_fn's result does not depend on the model output, so there is "
-                             "nothing to propagate backward")
-        (g,) = torch.autograd.grad(loss, out, allow_unused=True)
-    if g is None:
-        raise ValueError("loss_fn's result does not depend on the model output")
-    return loss.detach(), g
-
-
 def backward_system_from_record(rec: FNNRecord, g: torch.Tensor) -> BlockBidiagonalSystem:
     """``U v = r`` with ``B_l = D_l W_{l+1}^T`` and ``r = (0, ..., 0, D_k g)``."""
     mats = [layer.linear.weight.detach().t() for layer in rec.layers[1:]]
@@ -227,59 +203,6 @@ def parameter_gradients(model: nn.Module, rec: FNNRecord,
     return {n: found[n] if n in found else torch.zeros_like(p) for n, p in named}
 
 
-class NonlinearForwardSystem(TriangularSystem):
-    """The forward pass as the nonlinear lower system ``F(z) = 0`` (THEORY §1):
-
-    ``F_l(z) = z_l - f_l(W_l z_{l-1} + b_l)`` with ``z_0 = x``, i.e. ``(I - N)(z) = 0`` for the
-    nonlinear map ``N(z)_l = f_l(W_l z_{l-1} + b_l)``. Forward substitution solves it (that is
-    ordinary forward propagation). Its Jacobian has the lower bi-diagonal pattern with blocks
-    ``-D_l W_l``: :meth:`linearize` returns it as a :class:`BlockBidiagonalSystem` (one Newton
-    step), and :meth:`to_dense` shows it at the forward-propagation solution.
-    """
-
-    upper = False
-    symbol = "z"
-
-    def __init__(self, layers: Sequence[FNNLayer], x: torch.Tensor):
-        self.layers = list(layers)
-        self.x = x
-        widths = [layer.linear.out_features for layer in self.layers]
-        self.rhs = tuple(x.new_zeros(x.shape[0], n) for n in widths)
-        self._point = None
-
-    def layer_map(self, l: int, z_prev: torch.Tensor) -> torch.Tensor:
-        """``f_l(W_l z_prev + b_l)`` for 0-based layer ``l``."""
-        layer = self.layers[l]
-        with torch.no_grad():
-            return layer.activate(layer.pre_activation(z_prev))
-
-    def apply_offdiagonal(self, u: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        prev = [self.x, *u[:-1]]
-        return [self.layer_map(l, p) for l, p in enumerate(prev)]
-
-    def linearize(self, z: Sequence[torch.Tensor]) -> BlockBidiagonalSystem:
-        """The Newton system ``J(z) dz = -F(z)``: unit lower bi-diagonal with
-        ``B_l = D_{l+1} W_{l+1}`` evaluated at ``z``."""
-        self._check_solution(z)
-        prev = [self.x, *z[:-1]]
-        with torch.no_grad():
-            ds = [layer.forward_with_derivative(p)[1] for layer, p in zip(self.layers, prev)]
-        mats = [layer.linear.weight.detach() for layer in self.layers[1:]]
-        return BlockBidiagonalSystem(mats, ds[1:], self.residual(z), upper=False, symbol="dz")
-
-    def _forward_solution(self) -> list[torch.Tensor]:
-        if self._point is None:
-            with torch.no_grad():
-                z, self._point = self.x, []
-                for l in range(self.k):
-                    z = self.layer_map(l, z)
-                    self._point.append(z)
-        return self._point
-
-    def dense_blocks(self, sample: int = 0):
-        return self.linearize(self._forward_solution()).dense_blocks(sample)
-
-
 def linear_forward_system(layers: Sequence[FNNLayer], x: torch.Tensor) -> BlockBidiagonalSystem:
     """Identity activations: ``z_1 = W_1 x + b_1``, ``z_l - W_l z_{l-1} = b_l``."""
     batch = x.shape[0]
@@ -299,3 +222,13 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
         if all(layer.is_linear for layer in layers):
             return linear_forward_system(layers, x)
         return NonlinearForwardSystem(layers, x)
+
+
+def backward_problem(model: nn.Sequential, layers: Sequence[FNNLayer], x: torch.Tensor,
+                     loss_fn: Callable) -> BackwardProblem:
+    """The :class:`~trilib.systems.BackwardProblem` of an FNN whose ``layers`` were parsed from
+    ``model`` by :func:`parse_sequential`."""
+    rec = record_forward(layers, x)
+    loss, (g,) = loss_gradients([rec.zs[-1]], loss_fn)
+    system = backward_system_from_record(rec, g)
+    return BackwardProblem(system, loss, lambda v: parameter_gradients(model, rec, v))

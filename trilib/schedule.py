@@ -1,4 +1,4 @@
-"""Model parallelism as solver schedules (THEORY §6): per-device timelines for k layers on P
+"""Model parallelism as solver schedules (docs/theory.md §6): per-device timelines for k layers on P
 devices with m micro-batches.
 
 Cost model (kept deliberately simple, so every count has a closed form):
@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._checks import check_memory
+from ._numerics import ceil_log2
 
 __all__ = ["Task", "Message", "Schedule", "METHODS", "simulate", "closed_form"]
 
@@ -130,8 +131,6 @@ def _check(method: str, k: int, P: int, m: int) -> int:
     return k // P
 
 
-def _ceil_log2(n: int) -> int:
-    return (n - 1).bit_length()
 
 
 def simulate(method: str, k: int, P: int, m: int = 1) -> Schedule:
@@ -188,7 +187,7 @@ def simulate(method: str, k: int, P: int, m: int = 1) -> Schedule:
                         tasks.append(Task(d, s * b + i, j, d * b + i))
                     send(d * b + b - 1, (s + 1) * b, j)
     else:                                               # tree
-        R = _ceil_log2(P)
+        R = ceil_log2(P)
         for d in range(P):                              # phase 1: scan the slab, b units per micro-batch
             for j in range(m):
                 for i in range(b):
@@ -228,7 +227,7 @@ def closed_form(method: str, k: int, P: int, m: int = 1) -> dict:
     elif method == "block_jacobi":
         steps, messages, work = b * (P + m - 1), m * (P - 1), m * k
     else:
-        R = _ceil_log2(P)
+        R = ceil_log2(P)
         senders = P * R - 2 ** R + 1                    # Σ_{r<R} (P - 2^r)
         steps = m * (2 * b + R) if P > 1 else m * b
         messages = m * senders

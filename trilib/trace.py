@@ -2,7 +2,7 @@
 
 A solver receives an empty :class:`Trace` and records each parallel step with
 :meth:`Trace.add_step`. Plots draw trees and timelines from the trace alone, so the algorithm
-is written once (``shared/STYLE.md``).
+is written once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared machinery of the direct parallel solvers: block rows as affine maps (THEORY §5).
+"""Shared machinery of the direct parallel solvers: block rows as affine maps (docs/theory.md §5).
 
 Substitution visits the block rows of a bi-diagonal system in a fixed order, the **scan
 order** ``p = 0 .. k-1``: ``p = 0`` is the row solved first (the last row ``v_k`` of an upper,
@@ -28,18 +28,21 @@ from __future__ import annotations
 import torch
 
 from .._checks import MemoryLimitError, _human, check_memory
+from .._numerics import ceil_log2
 from ..systems import BlockBidiagonalSystem
 
-__all__ = ["AffineRows", "affine_rows", "combine", "ceil_log2"]
+__all__ = ["AffineRows", "affine_rows", "combine", "doubling_work"]
 
 SUGGESTION = ("Use method='sequential' (one n x n_prev mat-vec per layer, never forms n x n "
               "products) or an iterative method (see trilib.methods()), or raise "
               "trilib.config.memory_limit_bytes / pass memory_limit=... deliberately.")
 
 
-def ceil_log2(k: int) -> int:
-    """``⌈log2 k⌉`` for ``k >= 1`` (0 for k = 1), in exact integer arithmetic."""
-    return (k - 1).bit_length()
+def doubling_work(k: int) -> int:
+    """Block products of recursive doubling and of PCR, which perform the same combines on a
+    bi-diagonal system: ``Σ_{s=0}^{L-1} (k - 2^s) = k L - 2^L + 1`` with ``L = ⌈log2 k⌉``."""
+    L = ceil_log2(k)
+    return k * L - 2**L + 1
 
 
 class AffineRows:

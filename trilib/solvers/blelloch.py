@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..systems import BlockBidiagonalSystem
-from . import register
 from ._affine import affine_rows, combine
+from ._registry import register
 
 
 def steps(k: int) -> int:
@@ -36,7 +36,7 @@ def work(k: int) -> int:
     return 2 * k - bin(k).count("1") - (k.bit_length() - 1) - 1
 
 
-@register("blelloch", BlockBidiagonalSystem)
+@register("blelloch", BlockBidiagonalSystem, family="direct")
 def blelloch(system: BlockBidiagonalSystem, trace, memory_limit: int | None = None
              ) -> list[torch.Tensor]:
     """Solve a block bi-diagonal system with Blelloch's up-sweep / down-sweep scan.

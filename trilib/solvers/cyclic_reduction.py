@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import ceil_log2
 from ..systems import BlockBidiagonalSystem
-from . import register
-from ._affine import affine_rows, ceil_log2, combine
+from ._affine import affine_rows, combine
+from ._registry import register
 
 
 def steps(k: int) -> int:
@@ -37,7 +38,7 @@ def work(k: int) -> int:
     return sum(-(-k // 2**i) - 1 for i in range(ceil_log2(k)))
 
 
-@register("cyclic_reduction", BlockBidiagonalSystem)
+@register("cyclic_reduction", BlockBidiagonalSystem, family="direct")
 def cyclic_reduction(system: BlockBidiagonalSystem, trace, memory_limit: int | None = None
                      ) -> list[torch.Tensor]:
     """Solve a block bi-diagonal system by odd–even cyclic reduction.

@@ -1,4 +1,4 @@
-"""Solvers for the backward system of a computation graph (THEORY §3).
+"""Solvers for the backward system of a computation graph (docs/theory.md §3).
 
 * ``sequential``: back-substitution in reverse topological order, matrix-free (one
   vector-Jacobian product per node): ordinary backprop through the graph. k steps.
@@ -11,16 +11,15 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from ..graph import GraphSystem
-from . import register
+from .._numerics import ceil_log2
+from ..systems import GraphSystem
+from ._registry import register
 
 
-@register("sequential", GraphSystem)
+@register("sequential", GraphSystem, family=("substitution", "matrix-free"))
 def graph_substitution(system: GraphSystem, trace) -> list[torch.Tensor]:
     """``v_i = r_i + sum_j J_ji^T v_j`` in reverse topological order (backprop on the DAG).
 
@@ -46,7 +45,7 @@ def graph_substitution(system: GraphSystem, trace) -> list[torch.Tensor]:
     return v
 
 
-@register("level_schedule", GraphSystem)
+@register("level_schedule", GraphSystem, family="graph")
 def level_schedule(system: GraphSystem, trace) -> list[torch.Tensor]:
     """Level scheduling: all rows of a level set at once, one batched product per level.
 
@@ -73,7 +72,7 @@ def level_schedule(system: GraphSystem, trace) -> list[torch.Tensor]:
     return system.split(v)
 
 
-@register("doubling", GraphSystem)
+@register("doubling", GraphSystem, family=("graph", "direct"))
 def doubling(system: GraphSystem, trace) -> list[torch.Tensor]:
     """``v = (I + N^{2^{m-1}}) ... (I + N^2)(I + N) r`` with ``2^m >= depth``.
 
@@ -89,7 +88,7 @@ def doubling(system: GraphSystem, trace) -> list[torch.Tensor]:
         >>> U.depth, trace.steps
         (8, 3)
     """
-    m = math.ceil(math.log2(system.depth)) if system.depth > 1 else 0
+    m = ceil_log2(system.depth)
     p = system.dense_offdiagonal()
     u = torch.cat(system.rhs, dim=-1)
     pattern = np.zeros((system.k, system.k), dtype=np.int64)

@@ -10,7 +10,7 @@ In each step *every* equation whose partner ``q + d`` exists eliminates ``u_{q+d
 partner's equation: ``C_q <- C_q C_{q+d}``, ``f_q <- f_q + C_q f_{q+d}``, and ``d`` doubles.
 After ``⌈log2 k⌉`` steps no equation couples to anything: ``u_q = f_q``.
 
-For a tridiagonal system PCR and recursive doubling differ; for a bi-diagonal one (THEORY §5)
+For a tridiagonal system PCR and recursive doubling differ; for a bi-diagonal one (docs/theory.md §5)
 they perform the same combines, which the traces show. The code here states the algorithm in
 PCR's own terms (equations eliminating neighbours), not as a scan.
 """
@@ -20,17 +20,14 @@ from __future__ import annotations
 import torch
 
 from ..systems import BlockBidiagonalSystem
-from . import register
-from ._affine import affine_rows, ceil_log2, combine
+from ._affine import affine_rows, combine, doubling_work
+from ._registry import register
+
+#: Block products of PCR: the same combines as recursive doubling on a bi-diagonal system.
+work = doubling_work
 
 
-def work(k: int) -> int:
-    """Block products of PCR: ``Σ_{s<L} (k - 2^s) = k L - 2^L + 1``, L = ⌈log2 k⌉."""
-    L = ceil_log2(k)
-    return k * L - 2**L + 1
-
-
-@register("parallel_cyclic_reduction", BlockBidiagonalSystem)
+@register("parallel_cyclic_reduction", BlockBidiagonalSystem, family="direct")
 def parallel_cyclic_reduction(system: BlockBidiagonalSystem, trace,
                               memory_limit: int | None = None) -> list[torch.Tensor]:
     """Solve a block bi-diagonal system by parallel cyclic reduction.

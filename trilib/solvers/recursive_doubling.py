@@ -11,17 +11,14 @@ from __future__ import annotations
 import torch
 
 from ..systems import BlockBidiagonalSystem
-from . import register
-from ._affine import affine_rows, ceil_log2, combine
+from ._affine import affine_rows, combine, doubling_work
+from ._registry import register
+
+#: Block products of recursive doubling, ``k ⌈log2 k⌉ - 2^⌈log2 k⌉ + 1``.
+work = doubling_work
 
 
-def work(k: int) -> int:
-    """Block products of recursive doubling: ``Σ_{s<L} (k - 2^s) = k L - 2^L + 1``, L = ⌈log2 k⌉."""
-    L = ceil_log2(k)
-    return k * L - 2**L + 1
-
-
-@register("recursive_doubling", BlockBidiagonalSystem)
+@register("recursive_doubling", BlockBidiagonalSystem, family="direct")
 def recursive_doubling(system: BlockBidiagonalSystem, trace, memory_limit: int | None = None
                        ) -> list[torch.Tensor]:
     """Solve a block bi-diagonal system by recursive doubling.

@@ -1,4 +1,4 @@
-"""Solvers for the 2-D backward system of an RNN (:class:`trilib.rnn.RNNSystem`, THEORY §2).
+"""Solvers for the 2-D backward system of an RNN (:class:`trilib.systems.RNNSystem`, docs/theory.md §2).
 
 * ``"sequential"``: back-propagation through time, one unknown ``v_{l,t}`` after another
   (k·τ steps).
@@ -13,13 +13,12 @@ blocks in that ordering. Combines are recorded as block-row indices of the syste
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._checks import check_memory
-from ..rnn import RNNSystem
-from . import register
+from .._numerics import ceil_log2
+from ..systems import RNNSystem
+from ._registry import register
 
 __all__ = ["bptt", "wavefront", "nested", "time_scan"]
 
@@ -30,7 +29,7 @@ def _row(d: torch.Tensor, v_depth: torch.Tensor, w: torch.Tensor, v_time: torch.
     return r + d * (v_depth @ w + v_time @ u)
 
 
-@register("sequential", RNNSystem)
+@register("sequential", RNNSystem, family=("substitution", "rnn"))
 def bptt(system: RNNSystem, trace) -> list[torch.Tensor]:
     """Back-propagation through time: for t = τ..1, for l = k..1, solve ``v_{l,t}``.
 
@@ -54,7 +53,7 @@ def bptt(system: RNNSystem, trace) -> list[torch.Tensor]:
     return system.to_blocks(v[:k, :tau])
 
 
-@register("wavefront", RNNSystem)
+@register("wavefront", RNNSystem, family="rnn")
 def wavefront(system: RNNSystem, trace) -> list[torch.Tensor]:
     """Level scheduling on the grid: level ``s`` holds every ``v_{l,t}`` with
     ``(k-1-l) + (τ-1-t) = s`` (0-based), and all its unknowns are solved in one batched step.
@@ -87,7 +86,7 @@ def wavefront(system: RNNSystem, trace) -> list[torch.Tensor]:
 
 def time_scan(p: torch.Tensor, x: torch.Tensor, trace=None, pairs_of=None) -> torch.Tensor:
     """Solve ``X_t = x_t + P_t X_{t+1}`` (t = τ-1..0, ``X_τ = 0``) for a batch of rows at once
-    by recursive doubling (Hillis–Steele suffix scan on affine maps, THEORY §5).
+    by recursive doubling (Hillis–Steele suffix scan on affine maps, docs/theory.md §5).
 
     Args:
         p: ``(L, τ, batch, n, n)`` couplings ``P_t`` (``P_{τ-1}`` is ignored).
@@ -139,7 +138,7 @@ def _apply(e: torch.Tensor, kind: str, y: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ltbiq,lbqm->ltbim", e, flat)
 
 
-@register("nested", RNNSystem)
+@register("nested", RNNSystem, family=("rnn", "direct"))
 def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
     """Cyclic reduction over layers whose block solves are recursive-doubling scans over time.
 
@@ -221,4 +220,4 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
 
 def nested_step_bound(k: int, tau: int, c: int = 3) -> int:
     """The documented bound ``c·(ceil(log2 k) + 1)·(ceil(log2 τ) + 1)`` on nested's steps."""
-    return c * (math.ceil(math.log2(k)) + 1) * (math.ceil(math.log2(tau)) + 1)
+    return c * (ceil_log2(k) + 1) * (ceil_log2(tau) + 1)

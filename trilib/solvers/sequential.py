@@ -1,19 +1,18 @@
 """Sequential substitution: one block row after another, k steps.
 
 For the backward (upper) system this is ordinary backpropagation, for the forward (lower)
-system ordinary forward propagation (THEORY §1).
+system ordinary forward propagation (docs/theory.md §1).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..fnn import NonlinearForwardSystem
-from ..systems import BlockBidiagonalSystem
-from . import register
+from ..systems import BlockBidiagonalSystem, NonlinearForwardSystem
+from ._registry import register
 
 
-@register("sequential", BlockBidiagonalSystem)
+@register("sequential", BlockBidiagonalSystem, family=("substitution", "matrix-free"))
 def substitution(system: BlockBidiagonalSystem, trace) -> list[torch.Tensor]:
     """Back-substitution (upper) or forward substitution (lower), block by block.
 
@@ -32,7 +31,7 @@ def substitution(system: BlockBidiagonalSystem, trace) -> list[torch.Tensor]:
     return u
 
 
-@register("sequential", NonlinearForwardSystem)
+@register("sequential", NonlinearForwardSystem, family=("substitution", "matrix-free"))
 def forward_substitution(system: NonlinearForwardSystem, trace) -> list[torch.Tensor]:
     """``z_l = f_l(W_l z_{l-1} + b_l)`` for l = 1..k: ordinary forward propagation."""
     z, out = system.x, []

@@ -1,4 +1,4 @@
-"""Computation graphs (THEORY §3): the DAG beside the sparsity pattern of its backward system,
+"""Computation graphs (docs/theory.md §3): the DAG beside the sparsity pattern of its backward system,
 both coloured by level set (the rows ``level_schedule`` solves in the same step)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
 
-from ..graph import GraphSystem
+from ..systems import GraphSystem
+from .sparsity import spy
 
 __all__ = ["level_colors", "draw_dag", "spy_levels", "dag_and_spy", "plot_graph_steps"]
 
@@ -64,26 +65,7 @@ def draw_dag(system: GraphSystem, ax=None, labels: bool = True, cmap: str = "vir
 def spy_levels(system: GraphSystem, sample: int = 0, ax=None, cmap: str = "viridis"):
     """The pattern of ``I - N`` (one sample), each block row in the colour of its level set."""
     _check(system)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.2, 4.2))
-    a = system.to_dense(sample).detach().cpu().numpy() != 0
-    size, off = a.shape[0], np.asarray(system.offsets)
-    img = np.ones((size, size, 4))
-    for i, c in enumerate(level_colors(system, cmap)):
-        rows = slice(off[i], off[i + 1])
-        img[rows][a[rows]] = c
-    ax.imshow(img, interpolation="nearest", extent=(0, size, size, 0))
-    for b in off[1:-1]:
-        ax.axhline(b, color="0.8", lw=0.4)
-        ax.axvline(b, color="0.8", lw=0.4)
-    every = max(1, -(-system.k // 12))
-    centres = (off[:-1] + off[1:]) / 2
-    names = [f"${system.symbol}_{{{i + 1}}}$" if i % every == 0 else "" for i in range(system.k)]
-    ax.set_xticks(centres, names, fontsize=7)
-    ax.set_yticks(centres, names, fontsize=7)
-    ax.tick_params(length=0)
-    ax.set_title(f"upper: N={size}, nnz={int(a.sum())}", fontsize=10)
-    return ax
+    return spy(system, sample, ax=ax, row_colors=level_colors(system, cmap), max_labels=12)
 
 
 def dag_and_spy(system: GraphSystem, sample: int = 0, figsize=(10, 4.4)):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import torch
 
-from ..rnn import RNNSystem
+from ..systems import RNNSystem
 from .sparsity import spy
 
 __all__ = ["rnn_spy_pair", "rnn_steps", "plot_steps", "plot_loss_curves"]
@@ -40,7 +40,8 @@ def rnn_spy_pair(system: RNNSystem, sample: int = 0, figsize=(9, 4.4)):
 def rnn_steps(k: int, tau: int, methods: Sequence[str] = ("sequential", "wavefront", "nested"),
               n: int = 2, seed: int = 0) -> dict[str, int]:
     """Trace steps of each method on a random ``k``-layer, ``τ``-step RNN (width ``n``, batch 1)."""
-    from .. import backward_system, solve
+    from ..api import backward_system
+    from ..solvers import solve
 
     torch.manual_seed(seed)
     rnn = torch.nn.RNN(1, n, num_layers=k, dtype=torch.float64)

@@ -17,31 +17,50 @@ def _block_labels(system: TriangularSystem, max_labels: int = 16) -> list[str]:
 
 
 def spy(system: TriangularSystem, sample: int = 0, ax=None, title: str | None = None,
-        color: str = "C0"):
+        color: str = "C0", row_colors=None, max_labels: int = 16):
     """Draw the non-zero pattern of ``system.to_dense(sample)`` with block boundaries.
 
     Grid lines separate the block rows and columns; tick labels name the unknown of each block
-    (``v_l`` for backward systems, ``z_l`` for forward ones). Returns the Matplotlib axes.
+    (``v_l`` for backward systems, ``z_l`` for forward ones).
+
+    Args:
+        system: any trilib system.
+        sample: which sample of the batch.
+        ax: the Matplotlib axes to draw into (a new figure when None).
+        title: the title (default: the triangle, k, the size N and the non-zeros).
+        color: the colour of the non-zeros.
+        row_colors: optionally one colour per block row (e.g. a graph's level sets), overriding
+            ``color`` row by row.
+        max_labels: at most about this many tick labels.
+
+    Returns:
+        The Matplotlib axes.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4.2))
-    a = system.to_dense(sample).detach().cpu().numpy()
-    size = a.shape[0]
-    ax.imshow(a != 0, cmap=plt.matplotlib.colors.ListedColormap(["white", color]),
-              interpolation="nearest", extent=(0, size, size, 0))
-    off = np.asarray(system.offsets)
+    a = system.to_dense(sample).detach().cpu().numpy() != 0
+    size, off = a.shape[0], np.asarray(system.offsets)
+    if row_colors is None:
+        row_colors = [color] * system.k
+    if len(row_colors) != system.k:
+        raise ValueError(f"row_colors has {len(row_colors)} colours for k = {system.k} block rows")
+    img = np.ones((size, size, 4))
+    for i, c in enumerate(row_colors):
+        rows = slice(off[i], off[i + 1])
+        img[rows][a[rows]] = plt.matplotlib.colors.to_rgba(c)
+    ax.imshow(img, interpolation="nearest", extent=(0, size, size, 0))
     for b in off[1:-1]:
         ax.axhline(b, color="0.6", lw=0.6)
         ax.axvline(b, color="0.6", lw=0.6)
     centres = (off[:-1] + off[1:]) / 2
-    labels = _block_labels(system)
+    labels = _block_labels(system, max_labels)
     ax.set_xticks(centres, labels, fontsize=8)
     ax.set_yticks(centres, labels, fontsize=8)
     ax.tick_params(length=0)
     ax.set_xlim(0, size)
     ax.set_ylim(size, 0)
     kind = "upper" if system.upper else "lower"
-    ax.set_title(title or f"{kind}: k={system.k}, N={size}, nnz={int((a != 0).sum())}", fontsize=10)
+    ax.set_title(title or f"{kind}: k={system.k}, N={size}, nnz={int(a.sum())}", fontsize=10)
     return ax
 
 

@@ -1,4 +1,4 @@
-"""The trees of the direct parallel solvers, drawn from their traces (THEORY §5, §7).
+"""The trees of the direct parallel solvers, drawn from their traces (docs/theory.md §5, §7).
 
 Nothing here knows an algorithm: :func:`tree_trace` runs the real solver on a tiny system and
 :func:`plot_tree` draws whatever ``trace.combines`` recorded. Row ``l`` is a vertical line

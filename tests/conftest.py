@@ -1,0 +1,60 @@
+"""Shared oracles and builders for the test suite.
+
+Every test compares trilib with an independent oracle: ``torch.autograd`` for gradients,
+``torch.linalg.solve_triangular`` on the dense matrix for solutions, both in float64. Test
+modules import these helpers with ``from conftest import ...`` (this folder is put on
+``sys.path`` below), so each is written once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+import trilib
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+F64 = torch.float64
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Norm-wise relative error ``||a - b|| / ||b||`` in float64 (``||a - b||`` when b = 0)."""
+    diff, scale = float((a - b).double().norm()), float(b.double().norm())
+    return diff / scale if scale > 0 else diff
+
+
+def autograd_grads(model: torch.nn.Module, inputs, loss_fn) -> dict[str, torch.Tensor]:
+    """``dE/dp`` for every parameter by ``torch.autograd.grad`` (``p.grad`` is not touched);
+    ``inputs`` is one tensor or a tuple of the model's arguments."""
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    named = list(model.named_parameters())
+    grads = torch.autograd.grad(loss_fn(model(*args)), [p for _, p in named], allow_unused=True)
+    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named, grads)}
+
+
+def random_system(sizes, upper: bool, batch: int = 3, dtype=F64, device="cpu", shared: bool = True,
+                  scaled: bool = True, seed: int = 0) -> trilib.BlockBidiagonalSystem:
+    """A random block bi-diagonal system with widths ``sizes`` (blocks scaled to stay O(1)):
+    matrices shared by the batch (``shared``) or per sample, row scalings in [0.5, 1.5)."""
+    gen = torch.Generator().manual_seed(seed)
+    mats, scales = [], []
+    for l in range(len(sizes) - 1):
+        rows, cols = (sizes[l], sizes[l + 1]) if upper else (sizes[l + 1], sizes[l])
+        shape = (rows, cols) if shared else (batch, rows, cols)
+        mats.append((torch.randn(shape, generator=gen, dtype=F64) / cols**0.5).to(device, dtype))
+        scales.append((torch.rand(batch, rows, generator=gen, dtype=F64) + 0.5).to(device, dtype)
+                      if scaled else None)
+    rhs = [torch.randn(batch, n, generator=gen, dtype=F64).to(device, dtype) for n in sizes]
+    return trilib.BlockBidiagonalSystem(mats, scales, rhs, upper=upper)
+
+
+def dense_solution(system: trilib.TriangularSystem, sample: int | None = None) -> torch.Tensor:
+    """The solution by ``torch.linalg.solve_triangular`` on the dense matrix: of one sample
+    ``(N,)``, or of every sample stacked ``(batch, N)`` when ``sample`` is None."""
+    if sample is None:
+        return torch.stack([dense_solution(system, s) for s in range(system.batch_size)])
+    a, r = system.to_dense(sample), system.rhs_dense(sample).unsqueeze(-1)
+    return torch.linalg.solve_triangular(a, r, upper=system.upper, unitriangular=True).squeeze(-1)

@@ -1,0 +1,44 @@
+"""Small numerical facts used across the library, each written once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["ceil_log2", "norm", "rel_error"]
+
+
+def ceil_log2(k: int) -> int:
+    """``⌈log2 k⌉`` for ``k >= 1`` (0 for k = 1), in exact integer arithmetic.
+
+    Example:
+        >>> [ceil_log2(k) for k in (1, 2, 3, 4, 5, 1024, 1025)]
+        [0, 1, 2, 2, 3, 10, 11]
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"ceil_log2 needs an int k >= 1, got {k!r}")
+    return (k - 1).bit_length()
+
+
+def norm(blocks: Sequence[torch.Tensor]) -> float:
+    """The 2-norm of a block vector (a sequence of tensors), accumulated in float64."""
+    return math.sqrt(sum(float(b.detach().double().pow(2).sum()) for b in blocks))
+
+
+def rel_error(approx: Sequence[torch.Tensor], exact: Sequence[torch.Tensor]) -> float:
+    """Norm-wise relative error ``||approx - exact|| / ||exact||`` of two block vectors (the
+    absolute error when ``exact`` is zero), in float64.
+
+    Example:
+        >>> rel_error([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 2.5])]) < 0.2
+        True
+    """
+    approx, exact = list(approx), list(exact)
+    if len(approx) != len(exact):
+        raise ValueError(f"rel_error needs block vectors of the same length, got {len(approx)} "
+                         f"and {len(exact)} blocks")
+    num = norm([a.double() - b.double() for a, b in zip(approx, exact)])
+    den = norm(exact)
+    return num / den if den > 0 else num

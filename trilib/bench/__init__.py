@@ -1,0 +1,41 @@
+"""Backward-propagation benchmark: torch autograd against every trilib method.
+
+``python -m trilib.bench`` times, for deep narrow MLPs (sweeps over depth k, width n and
+batch) and single-layer RNNs (sweep over τ), the **backward** pass of
+
+* ``autograd``: ``torch.autograd.grad`` through ``nn.Sequential`` / ``nn.RNN`` (cuDNN on GPU),
+  on a forward graph recorded once (``retain_graph=True``);
+* every method that ``trilib.methods(system)`` reports at run time: a solve of the backward
+  system plus the parameter gradients, on a system built once;
+* ``associative_scan``: PyTorch's own ``torch._higher_order_ops.associative_scan``
+  (``combine_mode="generic"``) over the affine maps ``(B_l, r_l)`` (docs/theory.md §5), where the
+  system is block bi-diagonal with equal widths;
+
+and the whole training **step** (forward + backward, from ``x`` to every ``p.grad``) of
+autograd against ``trilib.backward(..., method="sequential")``. Measurements are interleaved
+(one call of each method per round, so a noisy shared machine slows all of them alike), come
+after a warm-up, and are summarised by medians; ratios are against autograd measured in the
+same run. On CUDA the timer is a pair of CUDA events after ``torch.cuda.synchronize()``.
+
+Example:
+    >>> from trilib import bench
+    >>> rows = bench.run_mlp([4], [4], [2], repeats=1, warmup=0, methods=["sequential"])
+    >>> [r["method"] for r in rows if r["metric"] == "backward"]
+    ['autograd', 'sequential']
+"""
+
+from .report import DIRECT, crossover, load_results, save_results, table
+from .suites import AUTOGRAD, SCAN, associative_scan_solve, rnn_supported, run_mlp, run_rnn
+from .timing import device_name, measure, median_times
+
+__all__ = [
+    "AUTOGRAD", "DIRECT", "SCAN", "associative_scan_solve", "crossover", "device_name", "load_results",
+    "main", "measure", "median_times", "rnn_supported", "run_mlp", "run_rnn", "save_results", "table",
+]
+
+
+def main(argv=None) -> dict:
+    """Run the benchmark command line (``python -m trilib.bench``); returns the result it wrote."""
+    from .__main__ import main as _main
+
+    return _main(argv)

@@ -1,0 +1,106 @@
+"""What a benchmark run leaves behind: the crossover analysis, a text table, and the JSON/CSV
+files of ``benchmarks/results``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..solvers import methods as registered_methods
+from .suites import AUTOGRAD, SCAN
+
+__all__ = ["DIRECT", "crossover", "table", "save_results", "load_results"]
+
+
+#: The direct parallel methods (the registry's ``"direct"`` family: O(log) steps) and PyTorch's
+#: associative scan. The crossover looks at these only; iterative methods count sweeps, not
+#: steps, in their traces, and Gauss-Seidel in backward order is substitution itself.
+DIRECT = (*registered_methods(family="direct"), SCAN)
+
+
+def crossover(rows: Sequence[dict], suite: str = "mlp", size: str = "k",
+              against: str = AUTOGRAD) -> dict:
+    """The depth (or τ) from which the best parallel method stops losing to ``against``.
+
+    Looks at the ``backward`` rows of the sweep over ``size``; "parallel" means the
+    direct methods in :data:`DIRECT` that were measured.
+    Returns ``{"size": ..., "crossover": value or None, "largest": the largest size measured,
+    "best_ratio": {size: (method, ratio)}}``; ``crossover`` is the
+    smallest size from which the best parallel method is at most as slow as ``against`` at
+    every larger measured size, or ``None`` (it never stops losing within the sweep).
+
+    Example:
+        >>> pts = [(4, "autograd", 1), (4, "blelloch", 3), (64, "autograd", 2), (64, "blelloch", 1)]
+        >>> rows = [dict(suite="mlp", sweep="k", metric="backward", k=k, method=m, median_s=t)
+        ...         for k, m, t in pts]
+        >>> crossover(rows)["crossover"]
+        64
+    """
+    series = [r for r in rows if r["suite"] == suite and r.get("sweep") == size
+              and r["metric"] == "backward" and not math.isnan(r["median_s"])]
+    sizes = sorted({r[size] for r in series})
+    best: dict[int, tuple[str, float]] = {}
+    for s in sizes:
+        at = [r for r in series if r[size] == s]
+        base = [r["median_s"] for r in at if r["method"] == against]
+        par = [(r["median_s"], r["method"]) for r in at if r["method"] in DIRECT]
+        if base and par:
+            t, m = min(par)
+            best[s] = (m, t / base[0])
+    cross = None
+    for s in reversed(sorted(best)):
+        if best[s][1] <= 1.0:
+            cross = s
+        else:
+            break
+    return {"size": size, "against": against, "crossover": cross,
+            "largest": max(sizes) if sizes else None, "best_ratio": best}
+
+
+def table(rows: Sequence[dict], metric: str = "backward") -> str:
+    """A plain-text table: one line per case, one column per method, ratio to autograd."""
+    rows = [r for r in rows if r["metric"] == metric]
+    meths = list(dict.fromkeys(r["method"] for r in rows))
+    keys = list(dict.fromkeys((r["suite"], r["k"], r["n"], r["batch"], r["tau"]) for r in rows))
+    # a case shared by two sweeps is shown once, with the first sweep's measurement
+    head = f"{'case':<28}" + "".join(f"{m[:18]:>19}" for m in meths)
+    lines = [f"{metric} time / autograd time (same run; < 1 is faster; autograd column in ms)", head]
+    for key in keys:
+        suite, k, n, b, tau = key
+        label = f"{suite} k={k} n={n} b={b}" + (f" tau={tau}" if suite == "rnn" else "")
+        cells = []
+        for m in meths:
+            r = next((r for r in rows if (r["suite"], r["k"], r["n"], r["batch"], r["tau"]) == key
+                      and r["method"] == m), None)
+            if r is None or math.isnan(r["median_s"]):
+                cells.append(f"{'-':>19}")
+            elif m == AUTOGRAD:
+                cells.append(f"{r['median_s'] * 1e3:>16.3f} ms")
+            else:
+                cells.append(f"{r['ratio']:>19.2f}")
+        lines.append(f"{label:<28}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def save_results(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``result`` as ``<out_dir>/<stem>.json`` and its rows as ``<stem>.csv``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = result["machine"]["stem"]
+    jpath, cpath = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
+    jpath.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    fields = ["suite", "sweep", "k", "n", "batch", "tau", "metric", "method", "median_s",
+              "min_s", "ratio", "speedup", "rel_error", "steps", "note"]
+    with cpath.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(result["rows"])
+    return jpath, cpath
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a result JSON written by :func:`save_results`."""
+    return json.loads(Path(path).read_text())

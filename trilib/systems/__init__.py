@@ -1,0 +1,19 @@
+"""Every system class, and the backward-problem value type. Depends only on ``trilib._checks``.
+
+* :class:`TriangularSystem` — the base: ``(I - N) u = r``, batched over samples;
+* :class:`BlockBidiagonalSystem` — the FNN pattern (linear forward and backward systems);
+* :class:`NonlinearForwardSystem` — the forward pass ``F(z) = 0``;
+* :class:`RNNSystem` — the k x τ grid of a recurrent network;
+* :class:`GraphSystem` — a computation graph's pattern;
+* :class:`BackwardProblem` — a system with its loss and the map to parameter gradients.
+"""
+
+from .base import TriangularSystem
+from .bidiagonal import BlockBidiagonalSystem
+from .graph import GraphNode, GraphSystem
+from .nonlinear import NonlinearForwardSystem
+from .problem import BackwardProblem
+from .rnn import ORDERS, RNNSystem
+
+__all__ = ["BackwardProblem", "BlockBidiagonalSystem", "GraphNode", "GraphSystem",
+           "NonlinearForwardSystem", "ORDERS", "RNNSystem", "TriangularSystem"]
