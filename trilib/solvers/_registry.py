@@ -4,7 +4,8 @@ Each method is a pure function ``(system, trace, **options) -> list of k tensors
 with :func:`register` for the system classes it handles, and tagged with its **families**
 (:data:`FAMILIES`), so that lists of methods are asked of the registry
 (``methods(system, family="direct")``) rather than written out by hand. Instrumentation goes
-into the trace; there is no second copy of any algorithm.
+into the trace, which is ``None`` when the caller asked for none (``return_trace=False``): a
+solver then records nothing and builds no pairs. There is no second copy of any algorithm.
 """
 
 from __future__ import annotations
@@ -123,6 +124,6 @@ def solve(system: TriangularSystem, method: str = "sequential", return_trace: bo
     if fn is None:
         raise ValueError(f"method {method!r} does not apply to a {type(system).__name__}; "
                          f"methods for it: {', '.join(methods(system))}")
-    trace = Trace(method)
+    trace = Trace(method) if return_trace else None     # solvers record nothing into None
     solution = fn(system, trace, **options)
     return (solution, trace) if return_trace else solution

@@ -20,7 +20,7 @@ from .._numerics import norm as _norm
 from .._numerics import rel_error
 from ..systems import BlockBidiagonalSystem, NonlinearForwardSystem, TriangularSystem
 
-__all__ = ["ConvergenceWarning", "ConvergenceError", "default_tol", "slabs", "sweep_loop"]
+__all__ = ["ConvergenceWarning", "ConvergenceError", "default_tol", "own_trace", "slabs", "sweep_loop"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -128,6 +128,14 @@ def relative_residual(nu, rhs, u) -> float:
     return res / scale if scale > 0 else res
 
 
+
+
+def own_trace(trace, method: str):
+    """Iterative methods keep their residual history even when the caller asked for no trace
+    (``trilib.solve(..., return_trace=False)`` passes ``trace=None``): a private one then."""
+    from ..trace import Trace
+
+    return Trace(method) if trace is None else trace
 
 
 def sweep_loop(trace, sweep: Callable, u: list[torch.Tensor], *, tol: float, limit: int, reference,

@@ -64,7 +64,8 @@ def blelloch(system: BlockBidiagonalSystem, trace, memory_limit: int | None = No
     while 2 * d <= k:                           # up-sweep: the tree's levels, bottom up
         targets = maps.index(range(2 * d - 1, k, 2 * d))
         sources = targets - d
-        trace.add_step(maps.pairs(targets, sources))
+        if trace is not None:
+            trace.add_step(maps.pairs(targets, sources))
         combine(maps, targets, sources)
         d *= 2
     while d > 1:                                # down-sweep: top down, fill in the gaps
@@ -73,6 +74,7 @@ def blelloch(system: BlockBidiagonalSystem, trace, memory_limit: int | None = No
         if len(targets) == 0:                   # the tree is lopsided when k is no power of 2
             continue
         sources = targets - d
-        trace.add_step(maps.pairs(targets, sources))
+        if trace is not None:
+            trace.add_step(maps.pairs(targets, sources))
         combine(maps, targets, sources, matrix=False)
     return maps.solution(system)

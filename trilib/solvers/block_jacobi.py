@@ -12,7 +12,7 @@ import torch
 from .._checks import check_memory
 from ..systems import BlockBidiagonalSystem
 from ._registry import register
-from ._sweeps import check_common, check_int, relative_residual, slabs, sweep_loop
+from ._sweeps import check_common, check_int, own_trace, relative_residual, slabs, sweep_loop
 
 __all__ = ["block_jacobi", "dependency_order", "coupling_of_row"]
 
@@ -56,6 +56,7 @@ def block_jacobi(system: BlockBidiagonalSystem, trace, *, p: int = 2, tol: float
         >>> trace.steps, trace.info["steps_per_sweep"]
         (2, 3)
     """
+    trace = own_trace(trace, "block_jacobi")
     p = check_int("p", p, 1, system.k)
     tol, max_sweeps, reference = check_common(system, tol, max_sweeps, p, reference, on_failure)
     blocks = [dependency_order(system, rows) for rows in slabs(system.k, p)]

@@ -69,13 +69,15 @@ def cyclic_reduction(system: BlockBidiagonalSystem, trace, memory_limit: int | N
     while len(active) > 1:                      # reduction: evens absorb the odd after them
         levels.append(active)
         evens, odds = active[0:-1:2], active[1::2]
-        trace.add_step(maps.pairs(p[evens], p[odds]))
+        if trace is not None:
+            trace.add_step(maps.pairs(p[evens], p[odds]))
         combine(maps, p[evens], p[odds])
         active = active[0::2]
     for active in reversed(levels):             # back-substitution: odds take their successor
         odds, successors = active[1:-1:2], active[2::2]
         if len(odds) == 0:
             continue
-        trace.add_step(maps.pairs(p[odds], p[successors]))
+        if trace is not None:
+            trace.add_step(maps.pairs(p[odds], p[successors]))
         combine(maps, p[odds], p[successors], matrix=False)
     return maps.solution(system)

@@ -10,7 +10,7 @@ import torch
 
 from ..systems import BlockBidiagonalSystem
 from ._registry import register
-from ._sweeps import check_common, relative_residual, sweep_loop
+from ._sweeps import check_common, own_trace, relative_residual, sweep_loop
 from .block_jacobi import coupling_of_row, dependency_order
 
 __all__ = ["gauss_seidel"]
@@ -43,6 +43,7 @@ def gauss_seidel(system: BlockBidiagonalSystem, trace, *, order: str = "dependen
         ...  for o in ("dependency", "reverse")]
         [1, 3]
     """
+    trace = own_trace(trace, "gauss_seidel")
     if order not in ("dependency", "reverse"):
         raise ValueError(f"order must be 'dependency' or 'reverse', got {order!r}")
     tol, max_sweeps, reference = check_common(system, tol, max_sweeps, system.k, reference, on_failure)

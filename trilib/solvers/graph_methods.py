@@ -39,7 +39,8 @@ def graph_substitution(system: GraphSystem, trace) -> list[torch.Tensor]:
     with torch.no_grad():
         for i in reversed(range(system.k)):
             v[i] = acc[i]
-            trace.add_step([(i, j) for j in system.children[i]])
+            if trace is not None:
+                trace.add_step([(i, j) for j in system.children[i]])
             for p, c in system.transpose_jacobian(i, v[i]).items():
                 acc[p] = acc[p] + c
     return v
@@ -68,7 +69,8 @@ def level_schedule(system: GraphSystem, trace) -> list[torch.Tensor]:
         for level in system.levels:
             rows = torch.cat([torch.arange(off[i], off[i + 1], device=r.device) for i in level])
             v[:, rows] = r[:, rows] + torch.bmm(n[:, rows, :], v.unsqueeze(-1)).squeeze(-1)
-            trace.add_step([(i, j) for i in level for j in system.children[i]])
+            if trace is not None:
+                trace.add_step([(i, j) for i in level for j in system.children[i]])
     return system.split(v)
 
 
@@ -103,5 +105,6 @@ def doubling(system: GraphSystem, trace) -> list[torch.Tensor]:
                 p = torch.bmm(p, p)
                 work += int((pattern @ pattern).sum())
                 pattern = ((pattern @ pattern) > 0).astype(np.int64)
-            trace.add_step(pairs, work=work)
+            if trace is not None:
+                trace.add_step(pairs, work=work)
     return system.split(u)

@@ -14,7 +14,7 @@ import torch
 
 from ..systems import NonlinearForwardSystem, TriangularSystem
 from ._registry import register
-from ._sweeps import check_blocks, check_common, coupling_pairs, relative_residual, sweep_loop
+from ._sweeps import check_blocks, check_common, coupling_pairs, own_trace, relative_residual, sweep_loop
 
 __all__ = ["jacobi"]
 
@@ -51,6 +51,7 @@ def jacobi(system: TriangularSystem, trace, *, tol: float | None = None, max_swe
         >>> trace.steps <= U.k, trace.residuals[-1] == 0.0
         (True, True)
     """
+    trace = own_trace(trace, "jacobi")
     tol, max_sweeps, reference = check_common(system, tol, max_sweeps, system.k, reference, on_failure)
     u = check_blocks("initial", system, initial)
     if u is None:

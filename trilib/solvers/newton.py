@@ -11,7 +11,7 @@ import torch
 from .._numerics import norm as _norm
 from ..systems import BlockBidiagonalSystem, NonlinearForwardSystem
 from ._registry import check_method, register, solve
-from ._sweeps import check_blocks, check_common, coupling_pairs, sweep_loop
+from ._sweeps import check_blocks, check_common, coupling_pairs, own_trace, sweep_loop
 
 __all__ = ["newton"]
 
@@ -66,6 +66,7 @@ def newton(system, trace, *, linear_method: str = "recursive_doubling", linear_o
         >>> trace.steps <= Z.k
         True
     """
+    trace = own_trace(trace, "newton")
     check_method(linear_method)
     linear_options = dict(linear_options or {})
     tol, max_iterations, reference = check_common(system, tol, max_iterations, system.k, reference,

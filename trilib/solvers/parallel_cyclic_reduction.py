@@ -59,7 +59,8 @@ def parallel_cyclic_reduction(system: BlockBidiagonalSystem, trace,
         q = maps.index(range(0, k - d))         # every equation whose partner q + d exists
         partner = q + d
         equations, partners = k - 1 - q, k - 1 - partner
-        trace.add_step(maps.pairs(equations, partners))
+        if trace is not None:
+            trace.add_step(maps.pairs(equations, partners))
         combine(maps, equations, partners, matrix=2 * d < k)  # last step: C_q no longer needed
         d *= 2
     return maps.solution(system)

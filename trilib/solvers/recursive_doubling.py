@@ -47,7 +47,8 @@ def recursive_doubling(system: BlockBidiagonalSystem, trace, memory_limit: int |
     while d < k:                                # one step per doubling of the distance d
         targets = maps.index(range(d, k))       # every row that has a row d places before it
         sources = targets - d
-        trace.add_step(maps.pairs(targets, sources))
+        if trace is not None:
+            trace.add_step(maps.pairs(targets, sources))
         combine(maps, targets, sources, matrix=2 * d < k)   # the last step needs only c
         d *= 2
     return maps.solution(system)

@@ -49,7 +49,8 @@ def bptt(system: RNNSystem, trace) -> list[torch.Tensor]:
         for l in range(k - 1, -1, -1):
             v[l, t] = _row(system.d[l, t], v[l + 1, t], w[l], v[l, t + 1], system.w_hh[l], system.r[l, t])
             pairs = [(l, t, l + 1, t)] * (l + 1 < k) + [(l, t, l, t + 1)] * (t + 1 < tau)
-            trace.add_step([(system.index(a, b), system.index(c, e)) for a, b, c, e in pairs])
+            if trace is not None:
+                trace.add_step([(system.index(a, b), system.index(c, e)) for a, b, c, e in pairs])
     return system.to_blocks(v[:k, :tau])
 
 
@@ -80,7 +81,8 @@ def wavefront(system: RNNSystem, trace) -> list[torch.Tensor]:
                  if l + 1 < k]
         pairs += [(system.index(l, t), system.index(l, t + 1)) for l, t in zip(ls.tolist(), ts.tolist())
                   if t + 1 < tau]
-        trace.add_step(pairs)
+        if trace is not None:
+            trace.add_step(pairs)
     return system.to_blocks(v[:k, :tau])
 
 
@@ -172,7 +174,8 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
     # Step 0: every block at once: P_{l,t} = D_{l,t} U_l^T (time) and E_{l,t} = D_{l,t} W_{l+1}^T.
     p = system.d.unsqueeze(-1) * system.w_hh.transpose(-1, -2)[:, None, None]
     e = system.d[:-1].unsqueeze(-1) * system.w_ih.transpose(-1, -2)[:, None, None]
-    trace.add_step(work=k * tau + (k - 1) * tau)
+    if trace is not None:
+        trace.add_step(work=k * tau + (k - 1) * tau)
 
     def scan(rows, rhs):
         def pairs_of(ts, s):
@@ -196,8 +199,9 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
         targets = [e_ for e_ in even if e_ + 1 < L]
         below = [odd.index(t + 1) for t in targets]
         upd = _apply(e[targets], kind, yz[below])
-        trace.add_step([(idx(rows[t], s), idx(rows[t + 1], s)) for t in targets for s in range(tau)],
-                       work=len(targets) * (tau if kind == "diag" else tau * tau))
+        if trace is not None:
+            trace.add_step([(idx(rows[t], s), idx(rows[t + 1], s)) for t in targets for s in range(tau)],
+                           work=len(targets) * (tau if kind == "diag" else tau * tau))
         r_new = r[even].clone()
         r_new[: len(targets)] += upd[..., :1]
         e_new = upd[[i for i, t in enumerate(targets) if t + 2 < L]][..., 1:]
@@ -208,8 +212,9 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
             nxt = [even.index(o + 1) for o in with_e]
             v_odd = v_odd.clone()
             v_odd[: len(with_e)] += _apply(yz[: len(with_e), ..., 1:], "dense", v_even[nxt])
-            trace.add_step([(idx(rows[o], s), idx(rows[o + 1], s)) for o in with_e for s in range(tau)],
-                           work=len(with_e) * tau * tau)
+            if trace is not None:
+                trace.add_step([(idx(rows[o], s), idx(rows[o + 1], s)) for o in with_e for s in range(tau)],
+                               work=len(with_e) * tau * tau)
         out = torch.empty(L, *r.shape[1:], dtype=r.dtype, device=r.device)
         out[even], out[odd] = v_even, v_odd
         return out

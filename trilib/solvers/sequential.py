@@ -23,11 +23,13 @@ def substitution(system: BlockBidiagonalSystem, trace) -> list[torch.Tensor]:
     u: list[torch.Tensor | None] = [None] * k
     first = k - 1 if system.upper else 0
     u[first] = system.rhs[first]
-    trace.add_step()
+    if trace is not None:
+        trace.add_step()
     for l in (range(k - 2, -1, -1) if system.upper else range(k - 1)):
         row, col = system.row_col(l)
         u[row] = system.rhs[row] + system.apply_block(l, u[col])
-        trace.add_step([(row, col)])
+        if trace is not None:
+            trace.add_step([(row, col)])
     return u
 
 
@@ -39,5 +41,6 @@ def forward_substitution(system: NonlinearForwardSystem, trace) -> list[torch.Te
         for l in range(system.k):
             z = system.layer_map(l, z)
             out.append(z)
-            trace.add_step([(l, l - 1)] if l else [])
+            if trace is not None:
+                trace.add_step([(l, l - 1)] if l else [])
     return out
