@@ -16,6 +16,7 @@ from trilib.viz.compare import (
     method_colors,
     plot_speedups,
     speedup_table,
+    speedups,
     spy_side_by_side,
 )
 
@@ -97,3 +98,11 @@ def test_crossover_report_cases():
     assert "none up to the largest k measured (64)" in crossover_report(result, "mlp_k")
     result["crossover"]["mlp_k"]["crossover"] = 4
     assert "faster at every larger k measured (up to 64)" in crossover_report(result, "mlp_k")
+
+
+def test_speedups_per_method_and_metric():
+    result = _result()
+    assert bench.crossover(result["rows"])["crossover"] == 64
+    assert speedups(result) == {"autograd": {4: 1.0, 64: 1.0}, "parallel_cyclic_reduction": {4: 0.5, 64: 2.0},
+                                "jacobi": {4: 4.0, 64: 0.25}}
+    assert speedups(result, metric="step") == {}

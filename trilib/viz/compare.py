@@ -25,8 +25,8 @@ import matplotlib.pyplot as plt
 from ..systems import TriangularSystem
 from .sparsity import spy
 
-__all__ = ["SPEEDUP", "crossover_report", "method_colors", "plot_speedups", "spy_side_by_side",
-           "speedup_table"]
+__all__ = ["SPEEDUP", "crossover_report", "method_colors", "plot_speedups", "speedup_table",
+           "speedups", "spy_side_by_side"]
 
 #: The axis label and table header of every speed-up in this module.
 SPEEDUP = "speed-up over autograd (autograd time / method time; > 1 is faster)"
@@ -97,8 +97,25 @@ def _rows(result_or_rows, metric: str) -> list[dict]:
     return [r for r in rows if r["metric"] == metric and not math.isnan(r["median_s"])]
 
 
+def speedups(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: str = "backward"
+             ) -> dict[str, dict[int, float]]:
+    """``{method: {size: autograd time / method time}}`` for one sweep, from the medians.
+
+    Args:
+        result_or_rows: a result dict from ``python -m trilib.bench`` or its list of rows.
+        suite, sweep: ``("mlp", "k")``, ``("mlp", "n")``, ``("mlp", "batch")`` or ``("rnn", "tau")``.
+        metric: ``"backward"`` or ``"step"``.
+
+    Example:
+        >>> rows = [dict(suite="mlp", sweep="k", metric="backward", k=4, method=m, median_s=t)
+        ...         for m, t in [("autograd", 3.0), ("blelloch", 6.0)]]
+        >>> speedups(rows)
+        {'autograd': {4: 1.0}, 'blelloch': {4: 0.5}}
+    """
+    return _speedups(_rows(result_or_rows, metric), suite, sweep)
+
+
 def _speedups(rows: Sequence[dict], suite: str, sweep: str) -> dict[str, dict[int, float]]:
-    """``{method: {size: autograd time / method time}}`` for one sweep, from the medians."""
     key = "tau" if sweep == "tau" else sweep
     series = [r for r in rows if r["suite"] == suite and r.get("sweep") == sweep]
     base = {r[key]: r["median_s"] for r in series if r["method"] == "autograd"}
