@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import fnn, graph, rnn
-from ._checks import UnsupportedLayerError
+from ._checks import UnsupportedLayerError, check_finite_named
 from ._numerics import rel_error
 from .solvers import check_method, methods, solve
 from .systems import BackwardProblem, TriangularSystem
@@ -29,11 +29,34 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     builder; an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations to the FNN
     builder; any other module (a Sequential with other layers too) to the graph builder, which
     traces it with ``torch.fx``.
+
+    Every parameter and buffer is checked to be finite first (the error names it). Terms of the
+    loss that read parameters directly, not through the output (weight decay written inside
+    ``loss_fn``), are differentiated by autograd with the output held fixed and added to the
+    parameter gradients, so :func:`gradients` returns the full ``dE/dp``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (output -> scalar loss), got {type(loss_fn).__name__}")
+    check_finite_named([(f"parameter {n!r}", p) for n, p in model.named_parameters()]
+                       + [(f"buffer {n!r}", b) for n, b in model.named_buffers()])
+    loss_fn, direct = _with_direct_terms(model, loss_fn)
+    problem = _dispatch(model, x, loss_fn)
+    if not direct:
+        return problem
+    grads = problem.parameter_gradients
+
+    def parameter_gradients(v):
+        out = grads(v)
+        for name, g in direct.items():
+            out[name] = out[name] + g
+        return out
+
+    return BackwardProblem(problem.system, problem.loss, parameter_gradients)
+
+
+def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     if isinstance(model, nn.RNN):
         return rnn.backward_problem(model, x, loss_fn)
     if isinstance(model, rnn.RNNClassifier):
@@ -46,6 +69,27 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
         if layers is not None:
             return fnn.backward_problem(model, layers, x, loss_fn)
     return graph.backward_problem(model, x, loss_fn)
+
+
+def _with_direct_terms(model: nn.Module, loss_fn: Callable) -> tuple[Callable, dict[str, torch.Tensor]]:
+    """``loss_fn`` wrapped so that, when a builder evaluates it on the (detached) output, the
+    gradient of the loss w.r.t. the parameters it reads directly is recorded in ``direct``
+    (``{name: dE/dp}``, only the non-zero ones): the output is a leaf there, so these are exactly
+    the terms that do not pass through the model. One extra backward pass through the loss alone."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    direct: dict[str, torch.Tensor] = {}
+
+    def wrapped(*args, **kwargs):
+        loss = loss_fn(*args, **kwargs)
+        if (named and isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad
+                and torch.is_grad_enabled()):
+            grads = torch.autograd.grad(loss.reshape(()), [p for _, p in named], retain_graph=True,
+                                        allow_unused=True)
+            direct.clear()
+            direct.update({n: g.detach() for (n, _), g in zip(named, grads) if g is not None})
+        return loss
+
+    return wrapped, direct
 
 
 def backward_system(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> TriangularSystem:
@@ -85,6 +129,8 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_finite_named([(f"parameter {n!r}", p) for n, p in model.named_parameters()]
+                       + [(f"buffer {n!r}", b) for n, b in model.named_buffers()])
     return fnn.forward_system(model, x)
 
 
