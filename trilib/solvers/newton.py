@@ -94,12 +94,15 @@ def newton(system, trace, *, linear_method: str = "recursive_doubling", linear_o
 
     def iteration(u):
         nonlocal jac
-        du, inner = solve(jac, method=linear_method, return_trace=True, **linear_options)
-        u = torch._foreach_add(list(u), du)
         if wanted:
+            du, inner = solve(jac, method=linear_method, return_trace=True, **linear_options)
             trace.info["linear_traces"].append(inner)
-        trace.info["linear_steps"] += inner.steps
-        record_step(trace, pairs, inner.work + system.k)
+            trace.info["linear_steps"] += inner.steps
+            record_step(trace, pairs, inner.work + system.k)
+        else:                                           # no inner pairs (nor their host syncs)
+            du = solve(jac, method=linear_method, **linear_options)
+            record_step(trace, pairs, system.k)
+        u = torch._foreach_add(list(u), du)
         jac = _linearize(system, u)                     # the next Jacobian, and -F(u)
         return u, jac.rhs
 
