@@ -151,7 +151,9 @@ def forward(model: nn.Module, x: torch.Tensor, method: str = "sequential", retur
 
     Returns:
         The output ``z_k``, shaped like ``model(x)`` (no autograd graph); with
-        ``return_trace=True`` the pair ``(output, trace)``. A method that misses its tolerance
+        ``return_trace=True`` the pair ``(output, trace)``. Iterative methods run to the exact
+        answer by default (``tol=None``, see :mod:`trilib.solvers._sweeps`); only a
+        ``max_sweeps``/``max_iterations`` below their exact count can stop them short, which
         warns with :class:`ConvergenceWarning` (or raises :class:`ConvergenceError` with
         ``on_failure="raise"``).
 
@@ -182,7 +184,9 @@ def gradients(model: nn.Module, x: torch.Tensor, loss_fn: Callable, method: str 
         **options: passed to the solver.
 
     Returns:
-        A dict keyed like ``model.named_parameters()``, each value shaped like its parameter.
+        A dict keyed like ``model.named_parameters()``, each value shaped like its parameter:
+        the full ``dE/dp``, including loss terms that read parameters directly (weight decay
+        written inside ``loss_fn``).
 
     Example:
         >>> import torch, trilib
