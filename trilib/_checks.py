@@ -18,6 +18,7 @@ __all__ = [
     "config",
     "check_finite",
     "check_finite_named",
+    "module_tensors",
     "check_memory",
     "check_matches",
     "check_scalar_loss",
@@ -104,33 +105,46 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
 
 
 def check_finite_named(named, owner: str = "the model") -> None:
-    """Every floating tensor in ``named`` (``(name, tensor)`` pairs, e.g. a module's parameters
-    and buffers) must be finite; the error names the first offender.
+    """Every floating tensor in ``named`` must be finite; the error names the first offender.
 
-    One fused max-norm reduction per dtype and device and one host synchronisation when all is
-    well (a max norm is non-finite exactly when the tensor holds a NaN or an inf).
+    Args:
+        named: ``(label, name, tensor)`` triples, e.g. ``("parameter", "0.weight", w)`` (the
+            message is formatted only on failure).
+        owner: what the tensors belong to, for the message.
+
+    One fused 2-norm reduction per dtype and device and one host synchronisation when all is
+    well: a NaN or inf makes the norm non-finite, and a finite norm proves every entry finite
+    (a finite tensor whose norm overflows only costs the exact, per-tensor check).
 
     Raises:
         ValueError: a tensor holds a NaN or inf (named, e.g. ``parameter '0.weight'``), or lives
             on the ``meta`` device (it has no values).
     """
-    groups: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
-    for name, t in named:
+    groups: dict[tuple, list[tuple[str, str, torch.Tensor]]] = {}
+    for label, name, t in named:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
             if t.device.type == "meta":
-                raise ValueError(f"{name} of {owner} is on the meta device and has no values; "
-                                 "materialise the model first (e.g. model.to_empty(device='cpu') "
-                                 "and load its weights)")
-            groups.setdefault((t.dtype, t.device), []).append((name, t))
+                raise ValueError(f"{label} {name!r} of {owner} is on the meta device and has no "
+                                 "values; materialise the model first (e.g. "
+                                 "model.to_empty(device='cpu') and load its weights)")
+            groups.setdefault((t.dtype, t.device), []).append((label, name, t))
     if not groups:
         return
-    flags = [torch.isfinite(torch.stack(torch._foreach_norm([t.detach() for _, t in g], float("inf")))).all()
-             for g in groups.values()]
-    if bool(torch.stack([f.cpu() for f in flags]).all() if len(flags) > 1 else flags[0]):
-        return
-    for g in groups.values():
-        for name, t in g:
-            check_finite(f"{name} of {owner}", t.detach())
+    with torch.no_grad():
+        ok = [torch.stack(torch._foreach_norm([t for *_, t in g], 2)).isfinite().all()
+              for g in groups.values()]
+        if bool(ok[0] if len(ok) == 1 else torch.stack([f.cpu() for f in ok]).all()):
+            return
+        for g in groups.values():
+            for label, name, t in g:
+                check_finite(f"{label} {name!r} of {owner}", t)
+
+
+def module_tensors(module) -> list[tuple[str, str, torch.Tensor]]:
+    """``(label, name, tensor)`` for every parameter and buffer of ``module``, for
+    :func:`check_finite_named`."""
+    return ([("parameter", n, p) for n, p in module.named_parameters()]
+            + [("buffer", n, b) for n, b in module.named_buffers()])
 
 
 def check_matches(name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import fnn, graph, rnn
-from ._checks import UnsupportedLayerError, check_finite_named
+from ._checks import UnsupportedLayerError, check_finite_named, module_tensors
 from ._numerics import rel_error
 from .solvers import check_method, methods, solve
 from .systems import BackwardProblem, TriangularSystem
@@ -39,8 +39,7 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (output -> scalar loss), got {type(loss_fn).__name__}")
-    check_finite_named([(f"parameter {n!r}", p) for n, p in model.named_parameters()]
-                       + [(f"buffer {n!r}", b) for n, b in model.named_buffers()])
+    check_finite_named(module_tensors(model))
     loss_fn, direct = _with_direct_terms(model, loss_fn)
     problem = _dispatch(model, x, loss_fn)
     if not direct:
@@ -75,14 +74,21 @@ def _with_direct_terms(model: nn.Module, loss_fn: Callable) -> tuple[Callable, d
     """``loss_fn`` wrapped so that, when a builder evaluates it on the (detached) output, the
     gradient of the loss w.r.t. the parameters it reads directly is recorded in ``direct``
     (``{name: dE/dp}``, only the non-zero ones): the output is a leaf there, so these are exactly
-    the terms that do not pass through the model. One extra backward pass through the loss alone."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    the terms that do not pass through the model. When the loss's graph reaches no leaf but the
+    output (the usual case, found by a walk over its few nodes) nothing else is done; otherwise
+    one extra backward pass through the loss alone."""
     direct: dict[str, torch.Tensor] = {}
 
     def wrapped(*args, **kwargs):
         loss = loss_fn(*args, **kwargs)
-        if (named and isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad
                 and torch.is_grad_enabled()):
+            return loss
+        outputs = {id(t) for t in _tensors(args)}
+        if not _leaves(loss) - outputs:
+            return loss
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if named:
             grads = torch.autograd.grad(loss.reshape(()), [p for _, p in named], retain_graph=True,
                                         allow_unused=True)
             direct.clear()
@@ -90,6 +96,29 @@ def _with_direct_terms(model: nn.Module, loss_fn: Callable) -> tuple[Callable, d
         return loss
 
     return wrapped, direct
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    """The tensors in a (nested) tuple or list, e.g. the RNN's ``(output, h_n)``."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
+
+
+def _leaves(loss: torch.Tensor) -> set[int]:
+    """``id`` s of the leaf tensors the autograd graph of ``loss`` reaches."""
+    stack, seen, found = [loss.grad_fn], set(), set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):                       # AccumulateGrad of a leaf
+            found.add(id(fn.variable))
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
 
 
 def backward_system(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> TriangularSystem:
@@ -129,8 +158,7 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_finite_named([(f"parameter {n!r}", p) for n, p in model.named_parameters()]
-                       + [(f"buffer {n!r}", b) for n, b in model.named_buffers()])
+    check_finite_named(module_tensors(model))
     return fnn.forward_system(model, x)
 
 

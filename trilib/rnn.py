@@ -133,7 +133,7 @@ def _split_input(rnn: nn.RNN, inputs) -> tuple[torch.Tensor, torch.Tensor, bool]
     check_finite("x", x)
     for name, p in rnn.named_parameters():
         check_matches(name, p, ref.dtype, ref.device, owner="weight_ih_l0")
-    check_finite_named([(f"parameter {name!r}", p) for name, p in rnn.named_parameters()], owner="the RNN")
+    check_finite_named([("parameter", name, p) for name, p in rnn.named_parameters()], owner="the RNN")
     return x, h0.detach(), unbatched
 
 
@@ -249,7 +249,7 @@ def classifier_problem(model: RNNClassifier, inputs, loss_fn: Callable) -> Backw
     rec = record_forward(model.rnn, inputs)
     for name, p in model.readout.named_parameters():
         check_matches(f"readout.{name}", p, rec.h.dtype, rec.h.device, owner="the RNN's weights")
-    check_finite_named([(f"parameter 'readout.{n}'", p) for n, p in model.readout.named_parameters()])
+    check_finite_named([("parameter", f"readout.{n}", p) for n, p in model.readout.named_parameters()])
     top = rec.h[-1, -1]                                   # h_{k,τ}: (batch, n)
     with torch.no_grad():
         logits = model.readout(top)

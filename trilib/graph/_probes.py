@@ -1,6 +1,5 @@
 """Structural checks of a captured module: does an operation couple samples (probed through its
-vector-Jacobian product, docs/theory.md §3), does the module run on x at all, and the list of
-tensors (parameters, buffers) that enter its system."""
+vector-Jacobian product, docs/theory.md §3), and does the module run on x at all."""
 
 from __future__ import annotations
 
@@ -11,13 +10,7 @@ from torch import nn
 
 from .._numerics import ceil_log2
 
-__all__ = ["mixes_samples", "module_tensors", "runs"]
-
-
-def module_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """``("parameter 'name'", p)`` and ``("buffer 'name'", b)`` for every parameter and buffer."""
-    return ([(f"parameter {n!r}", p) for n, p in module.named_parameters()]
-            + [(f"buffer {n!r}", b) for n, b in module.named_buffers()])
+__all__ = ["mixes_samples", "runs"]
 
 
 def mixes_samples(fn: Callable, value: torch.Tensor, batch: int) -> bool:

@@ -14,9 +14,9 @@ from torch import nn
 from torch.func import functional_call, vjp
 
 from .._autograd import ELEMENTWISE, loss_gradients
-from .._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches
+from .._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches, module_tensors
 from ..systems import BackwardProblem, GraphNode, GraphSystem
-from ._probes import mixes_samples, module_tensors, runs
+from ._probes import mixes_samples, runs
 
 __all__ = ["capture", "backward_problem"]
 
@@ -271,8 +271,8 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
     check_finite("x", x)
     check_finite_named(module_tensors(module))
     cap = _Capture(module, x)
-    known = {id(t) for _, t in module_tensors(module)}
-    check_finite_named([(f"tensor attribute {n.target!r}", cap.values[n]) for n in cap.graph.nodes
+    known = {id(t) for *_, t in module_tensors(module)}
+    check_finite_named([("tensor attribute", n.target, cap.values[n]) for n in cap.graph.nodes
                         if n.op == "get_attr" and isinstance(cap.values.get(n), torch.Tensor)
                         and id(cap.values[n]) not in known])
     out = cap.values[cap.output]
