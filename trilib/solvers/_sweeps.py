@@ -152,37 +152,40 @@ def coupling_pairs(system: TriangularSystem) -> list[tuple[int, int]] | None:
 
 
 def jacobi_step(system: TriangularSystem, u: Sequence[torch.Tensor]):
-    """``(N u + r, N u + r - u)``: the next Jacobi iterate and the residual of ``u``. The
-    residual is exactly the change the next sweep makes, so it is zero exactly when ``u`` is a
-    fixed point."""
+    """``(N u + r, N u + r - u)``: the next Jacobi iterate (``k`` contiguous blocks: the layer
+    maps then see the memory layout substitution gives them, so a fixed point is bit for bit
+    substitution's answer) and the residual of ``u`` as one flat ``(batch, N)`` tensor
+    (:func:`flat`). The residual is exactly the change the next sweep makes, so it is zero
+    exactly when ``u`` is a fixed point."""
     nxt = torch._foreach_add(system.apply_offdiagonal(u), list(system.rhs))
-    return nxt, torch._foreach_sub(nxt, list(u))
+    return nxt, flat(nxt) - flat(u)
 
 
-def _nonempty(blocks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [b for b in blocks if b.numel()]
+def flat(blocks: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """A block vector (``(batch, n_i)`` blocks) as one ``(batch, N)`` tensor: one kernel, after
+    which every reduction is one kernel too (a loop over k blocks would cost k launches)."""
+    return blocks if isinstance(blocks, torch.Tensor) else torch.cat(list(blocks), dim=-1)
 
 
-def fused_norms(*groups: Sequence[torch.Tensor] | None) -> list[float]:
-    """``[||g||_2, max|g|]`` for every group of blocks (``None`` or empty: two zeros), from one
-    fused reduction per group and **one** host synchronisation in all. The 2-norm is accumulated
-    in float64 (float32 on devices without it); the max norm is exact, so ``max|g| == 0`` tells
-    an exactly zero block vector even where the 2-norm underflows.
+def fused_norms(*groups: Sequence[torch.Tensor] | torch.Tensor | None) -> list[float]:
+    """``[||g||_2, max|g|]`` for every group (a block vector, a flat tensor, or ``None``: two
+    zeros) with **one** host synchronisation in all. The 2-norm is accumulated in float64
+    (float32 on devices without it); the max norm is exact, so ``max|g| == 0`` tells an exactly
+    zero vector even where the 2-norm underflows.
 
     Example:
         >>> fused_norms([torch.tensor([3.0]), torch.tensor([0.0, -4.0])], None)
         [5.0, 4.0, 0.0, 0.0]
     """
     vals: list[torch.Tensor | None] = []
-    for blocks in groups:
-        blocks = _nonempty(blocks or [])
-        if not blocks:
+    for g in groups:
+        g = None if g is None or (not isinstance(g, torch.Tensor) and not len(g)) else flat(g)
+        if g is None or not g.numel():
             vals.append(None)
             continue
-        acc = torch.float64 if blocks[0].device.type != "mps" else torch.float32
-        two = torch.stack(torch._foreach_norm(blocks, 2, dtype=acc)).square().sum().sqrt()
-        inf = torch.stack(torch._foreach_norm(blocks, float("inf"))).max().to(acc)
-        vals.append(torch.stack([two, inf]))
+        acc = torch.float64 if g.device.type != "mps" else torch.float32
+        vals.append(torch.stack([torch.linalg.vector_norm(g, 2, dtype=acc),
+                                 torch.linalg.vector_norm(g, float("inf")).to(acc)]))
     ref = next((v for v in vals if v is not None), None)
     if ref is None:
         return [0.0] * (2 * len(groups))
@@ -192,27 +195,27 @@ def fused_norms(*groups: Sequence[torch.Tensor] | None) -> list[float]:
 class _Stopper:
     """The stopping rule of :mod:`trilib.solvers._sweeps` for one solve."""
 
-    def __init__(self, system, tol, limit, exact, reference, fixed_by: str, rounding: float | None):
-        self.system, self.tol, self.limit, self.exact = system, tol, limit, exact
-        self.reference, self.fixed_by = reference, fixed_by
+    def __init__(self, system, tol, reference, fixed_by: str, rounding: float | None):
+        self.tol, self.fixed_by = tol, fixed_by
         self.rounding = None if rounding is None else rounding * torch.finfo(system.dtype).eps
-        rhs_norm = fused_norms(system.rhs)[0]          # one synchronisation per solve
-        self.rhs_zero = rhs_norm == 0
-        self.rhs_norm = rhs_norm
-        self.ref_norm = fused_norms(reference)[0] if reference is not None else None
+        self.reference = None if reference is None else flat(reference)
+        self.rhs_norm, _, self.ref_norm, _ = fused_norms(system.rhs, self.reference)  # one sync
+        self.rhs_zero = self.rhs_norm == 0
+        if rounding is not None:                       # column -> block row, for per-row norms
+            self.block_of = torch.repeat_interleave(torch.arange(system.k, device=system.device),
+                                                    torch.tensor(system.block_sizes, device=system.device))
+            self.k = system.k
 
     def check(self, trace, u_old, u, res) -> str | None:
-        """Record the sweep that turned ``u_old`` into ``u`` (residual blocks ``res``); return
-        why to stop, or None."""
-        change = torch._foreach_sub(list(u), list(u_old)) if self.fixed_by == "change" else None
-        scale = torch._foreach_add(list(u), list(res)) if self.rhs_zero else None   # N u when r = 0
-        err = torch._foreach_sub(list(u), list(self.reference)) if self.reference is not None else None
-        excess = self._rounding_excess(u, res) if self.rounding is not None else None
-        r2, rinf, _, cinf, s2, sinf, e2, _, _, xinf = fused_norms(res, change, scale, err, excess)
-        if self.rhs_zero:
-            scale2, scaleinf = s2, sinf
-        else:
-            scale2, scaleinf = self.rhs_norm, None
+        """Record the sweep that turned ``u_old`` into ``u`` (residual ``res``, blocks or flat);
+        return why to stop, or None."""
+        uf, rf = flat(u), flat(res)
+        change = uf - flat(u_old) if self.fixed_by == "change" else None
+        scale = uf + rf if self.rhs_zero else None              # N u when r = 0
+        err = uf - self.reference if self.reference is not None else None
+        excess = self._rounding_excess(uf, rf) if self.rounding is not None else None
+        r2, rinf, _, cinf, s2, sinf, e2, _, _, xinf = fused_norms(rf, change, scale, err, excess)
+        scale2, scaleinf = (s2, sinf) if self.rhs_zero else (self.rhs_norm, None)
         if r2 == 0 and rinf > 0:                   # the 2-norm underflowed: use max norms
             residual = rinf / (scaleinf or scale2) if (scaleinf or scale2) else rinf
         else:
@@ -220,8 +223,7 @@ class _Stopper:
         trace.residuals.append(residual)
         if err is not None:
             trace.errors.append(e2 / self.ref_norm if self.ref_norm else e2)
-        fixed = (cinf == 0) if self.fixed_by == "change" else (rinf == 0)
-        if fixed:
+        if (cinf == 0) if self.fixed_by == "change" else (rinf == 0):
             return "fixed point"
         if excess is not None and xinf == 0:
             return "rounding level"
@@ -229,16 +231,16 @@ class _Stopper:
             return "tol"
         return None
 
-    def _rounding_excess(self, u, res) -> list[torch.Tensor]:
-        """Per block, ``max(0, ||res_{l,b}|| - c eps ||(N u + r)_{l,b}||)`` for every sample
-        ``b``: all zero when every row of every sample is its own update up to c units of
-        rounding."""
-        out = []
-        for ul, rl in zip(u, res):
-            rn = torch.linalg.vector_norm(rl, dim=-1)
-            nn = torch.linalg.vector_norm(ul + rl, dim=-1)
-            out.append((rn - self.rounding * nn).clamp_min(0))
-        return out
+    def _rounding_excess(self, uf: torch.Tensor, rf: torch.Tensor) -> torch.Tensor:
+        """``max(0, ||res_{l,b}||² - (c eps)² ||(N u + r)_{l,b}||²)`` for every row ``l`` and
+        sample ``b`` (one segmented sum each): all zero when every row of every sample is its own
+        update up to c units of rounding."""
+        acc = torch.float64 if uf.device.type != "mps" else torch.float32
+
+        def rows(t):
+            return t.new_zeros(t.shape[0], self.k, dtype=acc).index_add_(1, self.block_of, t.to(acc).square())
+
+        return (rows(rf) - self.rounding**2 * rows(uf + rf)).clamp_min(0)
 
 
 def sweep_loop(trace, sweep: Callable, u: list[torch.Tensor], *, system: TriangularSystem, tol: float | None,
@@ -258,7 +260,7 @@ def sweep_loop(trace, sweep: Callable, u: list[torch.Tensor], *, system: Triangu
             to c units of rounding (Newton, whose last bits settle one row per iteration).
     """
     limit = exact if max_sweeps is None else min(max_sweeps, exact)
-    stopper = _Stopper(system, tol, limit, exact, reference, fixed_by, rounding)
+    stopper = _Stopper(system, tol, reference, fixed_by, rounding)
     stopped = None
     for _ in range(limit):
         u_old = u

@@ -37,7 +37,7 @@ def _linearize(system, u) -> BlockBidiagonalSystem:
     minus ``u``: a row whose rows below are settled then settles in one more iteration."""
     if isinstance(system, NonlinearForwardSystem):
         return system.linearize(u)                      # its rhs 0 - (u - N(u)) = N(u) - u exactly
-    return system.with_rhs(jacobi_step(system, u)[1])
+    return system.with_rhs(torch.split(jacobi_step(system, u)[1], system.block_sizes, dim=-1))
 
 
 @register("newton", NonlinearForwardSystem, BlockBidiagonalSystem, family="iterative")
