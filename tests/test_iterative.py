@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import dense_solution, random_system, rel
+from conftest import deep_tanh_float32, dense_solution, random_system, rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import trilib
 from trilib._autograd import ELEMENTWISE
-from trilib.solvers._sweeps import ConvergenceError, ConvergenceWarning, default_tol, slabs
+from trilib.solvers._sweeps import ConvergenceError, ConvergenceWarning, exact_count, fused_norms, slabs
 
 F64 = torch.float64
 LINEAR_METHODS = trilib.methods(trilib.BlockBidiagonalSystem, family="iterative")
@@ -84,7 +84,7 @@ def test_newton_default_linear_method_on_linear_systems():
     v, trace = trilib.solve(U, "newton", return_trace=True)
     assert trace.info["linear_traces"][0].method == "recursive_doubling"
     assert rel(flat(v), dense_solution(U)) <= 1e-12
-    assert trace.steps <= 2
+    assert trace.info["stopped"] in ("fixed point", "rounding level") and trace.steps < U.k
 
 
 @pytest.mark.parametrize("upper", [True, False])
@@ -161,15 +161,95 @@ def test_non_convergence_warns_or_raises_with_residual(method, options):
         trilib.solve(U, method, on_failure="raise", **options)
 
 
-def test_default_tol_depends_on_dtype():
-    assert default_tol(torch.float64) == 64 * 2.0**-52
-    assert default_tol(torch.float32) == 64 * 2.0**-23
+def test_default_runs_to_the_exact_answer_in_float32():
     net = trilib.nets.mlp([3, 6, 6, 6, 6, 2], seed=0)       # float32: converges, no warning
     U = trilib.backward_system(net, torch.randn(4, 3), lambda o: o.square().sum())
+    ref = trilib.solve(U)
     for method, options in OPTIONS:
         v, trace = trilib.solve(U, method, return_trace=True, **options)
-        assert trace.info["converged"]
-        assert v[0].dtype == torch.float32
+        assert trace.info["converged"] and trace.info["stopped"] in ("fixed point", "exact count")
+        assert trace.steps <= sweep_bound(method, options, U.k) and v[0].dtype == torch.float32
+        assert rel(flat(v), flat(ref)) <= 1e-5, (method, options)
+
+
+def test_tol_bounds_the_residual_not_the_error():
+    net, x, lf = deep_tanh_float32()
+    U = trilib.backward_system(net, x, lf)
+    _, trace = trilib.solve(U, "jacobi", tol=1e-5, return_trace=True)
+    assert trace.info["stopped"] == "tol" and trace.steps < U.k and trace.residuals[-1] <= 1e-5
+    # early stop: a small residual, a large gradient error (the early layers' errors are still 0)
+    assert trilib.compare_to_autograd(net, x, lf, method="jacobi", tol=1e-5) > 1e-2
+    _, trace = trilib.solve(U, "jacobi", return_trace=True)
+    assert trace.steps == U.k and trace.info["stopped"] in ("fixed point", "exact count")
+
+
+def test_fixed_point_stops_early_and_equals_the_exact_count_result():
+    # r = 0 outside the first two rows of a lower system: the iterate is final after 2 sweeps
+    U = random_system([3] * 8, upper=False, seed=3)
+    U = U.with_rhs([U.rhs[0], torch.zeros_like(U.rhs[1])] + [torch.zeros_like(r) for r in U.rhs[2:]])
+    U = trilib.BlockBidiagonalSystem([torch.zeros_like(m) for m in U.mats[:2]] + list(U.mats[2:]),
+                                     U.scales, U.rhs, upper=False)
+    v, trace = trilib.solve(U, "jacobi", return_trace=True)
+    assert trace.info["stopped"] == "fixed point" and trace.steps < U.k
+    w = trilib.solve(U, "jacobi", tol=None, max_sweeps=U.k, initial=v)
+    assert all(torch.equal(a, b) for a, b in zip(v, w))
+    v2, trace2 = trilib.solve(U, "gauss_seidel", order="reverse", return_trace=True)
+    assert trace2.info["stopped"] == "fixed point" and trace2.steps < U.k
+
+
+def test_tol_zero_reaching_the_exact_count_is_converged_without_warning():
+    # issue 10: block Jacobi with tol=0.0 may end with a rounding-level residual after p sweeps
+    net = trilib.nets.mlp([4] + [8] * 12, activation="tanh", seed=0, dtype=F64)
+    U = trilib.backward_system(net, torch.randn(16, 4, dtype=F64), lambda o: o.square().sum())
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        for method, options in [("block_jacobi", {"p": 4}), ("jacobi", {}),
+                                ("gauss_seidel", {"order": "reverse"})]:
+            _, trace = trilib.solve(U, method, tol=0.0, return_trace=True, **options)
+            assert trace.info["converged"], method
+            assert trace.info["stopped"] in ("fixed point", "exact count", "tol"), method
+
+
+def test_max_sweeps_above_the_exact_count_is_capped():
+    U = random_system([3] * 5, upper=True)
+    _, trace = trilib.solve(U, "block_jacobi", p=2, max_sweeps=50, return_trace=True)
+    assert trace.steps <= 2 and trace.info["exact_count"] == 2
+
+
+def test_exact_count_of_each_system():
+    U = random_system([3] * 5, upper=True)
+    assert exact_count(U) == 5
+    rnn = nn.RNN(2, 3, num_layers=3, dtype=F64)
+    R = trilib.backward_system(rnn, torch.randn(4, 2, 2, dtype=F64), lambda o: o[0].sum())
+    assert exact_count(R) == 3 + 4 - 1
+    _, trace = trilib.solve(R, "jacobi", return_trace=True)
+    assert trace.steps <= 6 and trace.info["converged"]
+    G = trilib.backward_system(trilib.graph.inception_mlp(3, 2, seed=0, dtype=F64),
+                               torch.randn(2, 3, dtype=F64), lambda o: o.sum())
+    assert exact_count(G) == G.depth < G.k
+
+
+def test_block_jacobi_default_p_is_min_2_k():
+    one = random_system([4], upper=True)
+    v, trace = trilib.solve(one, "block_jacobi", return_trace=True)
+    assert trace.info["p"] == 1 and torch.equal(v[0], one.rhs[0])
+    _, trace = trilib.solve(random_system([3] * 5, upper=True), "block_jacobi", return_trace=True)
+    assert trace.info["p"] == 2
+
+
+def test_trace_pairs_are_shared_and_absent_when_not_asked():
+    U = random_system([3] * 6, upper=True)
+    _, trace = trilib.solve(U, "jacobi", tol=0.0, return_trace=True)
+    assert trace.steps == 6 and all(c is trace.combines[0] for c in trace.combines)
+    assert trace.combines[0] == [(l, l + 1) for l in range(5)] and trace.work == 6 * 5
+
+
+def test_fused_norms_one_group_each():
+    a = [torch.tensor([[3.0]]), torch.tensor([[0.0, -4.0]])]
+    assert fused_norms(a, None, [torch.zeros(1, 2)]) == [5.0, 4.0, 0.0, 0.0, 0.0, 0.0]
+    tiny = [torch.full((2, 2), 1e-30)]                 # the float32 2-norm would underflow
+    assert fused_norms(tiny)[0] == pytest.approx(2e-30, rel=1e-6)
 
 
 # -- matrix-free Jacobi on other systems ----------------------------------------------------------
@@ -200,8 +280,9 @@ def test_jacobi_on_rnn_system():
     ("block_jacobi", {"p": 0}, "p must be an int in"),
     ("block_jacobi", {"p": 7}, r"p must be an int in \[1, 6\], got 7"),
     ("block_jacobi", {"p": 2.0}, "p must be an int"),
-    ("jacobi", {"tol": -1.0}, "tol must be a number >= 0"),
-    ("jacobi", {"tol": "small"}, "tol must be a number"),
+    ("jacobi", {"tol": -1.0}, "tol must be None .* or a number >= 0"),
+    ("jacobi", {"tol": "small"}, "tol must be None"),
+    ("jacobi", {"tol": float("nan")}, "tol must be None"),
     ("jacobi", {"max_sweeps": 0}, "max_sweeps must be an int >= 1"),
     ("gauss_seidel", {"max_sweeps": True}, "max_sweeps must be an int"),
     ("jacobi", {"on_failure": "ignore"}, "on_failure must be 'warn' or 'raise'"),

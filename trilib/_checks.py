@@ -7,6 +7,7 @@ estimate first.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,8 @@ __all__ = [
     "UnsupportedLayerError",
     "config",
     "check_finite",
+    "check_finite_named",
+    "module_tensors",
     "check_memory",
     "check_matches",
     "check_scalar_loss",
@@ -30,13 +33,47 @@ class MemoryLimitError(MemoryError):
     """An operation would allocate more than ``trilib.config.memory_limit_bytes``."""
 
 
+def _check_limit(value: object) -> int | None:
+    if value is None:
+        return None
+    what = ("trilib.config.memory_limit_bytes must be a positive int (bytes), or None for no limit; "
+            f"got {value!r}. Write e.g. 8 << 30 for 8 GiB, or int(8e9)")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(what)
+    if value <= 0:
+        raise ValueError(what)
+    return int(value)
+
+
 @dataclass
 class Config:
-    """Global settings. ``memory_limit_bytes`` caps any single materialisation (dense systems,
-    n x n block products); raise it deliberately, e.g. ``trilib.config.memory_limit_bytes = 8 << 30``.
+    """Global settings.
+
+    Attributes:
+        memory_limit_bytes: caps any single materialisation (dense systems, n x n block
+            products): a positive ``int`` number of bytes (default ``4 << 30``, 4 GiB), or
+            ``None`` for no limit. Raise it deliberately, e.g.
+            ``trilib.config.memory_limit_bytes = 8 << 30``. Assigning anything else raises at
+            once: ``TypeError`` for a non-integer (a string such as ``"4GB"``, a float),
+            ``ValueError`` for zero or a negative number.
+
+    Example:
+        >>> import trilib
+        >>> try:
+        ...     trilib.config.memory_limit_bytes = "4GB"
+        ... except TypeError as e:
+        ...     print(str(e)[:60])
+        trilib.config.memory_limit_bytes must be a positive int (byt
     """
 
-    memory_limit_bytes: int = 4 << 30
+    memory_limit_bytes: int | None = 4 << 30
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "memory_limit_bytes":
+            value = _check_limit(value)
+        elif not hasattr(self, name):
+            raise AttributeError(f"trilib.config has no setting {name!r}; settings: memory_limit_bytes")
+        super().__setattr__(name, value)
 
 
 config = Config()
@@ -51,9 +88,9 @@ def _human(nbytes: float) -> str:
 
 
 def check_memory(nbytes: int, what: str, suggestion: str) -> None:
-    """Raise :class:`MemoryLimitError` if ``nbytes`` exceeds the configured limit."""
+    """Raise :class:`MemoryLimitError` if ``nbytes`` exceeds the configured limit (none if None)."""
     limit = config.memory_limit_bytes
-    if nbytes > limit:
+    if limit is not None and nbytes > limit:
         raise MemoryLimitError(
             f"{what} would need about {_human(nbytes)}, above trilib.config.memory_limit_bytes "
             f"= {_human(limit)}. {suggestion}"
@@ -65,6 +102,49 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); "
                          "trilib solves only finite systems")
+
+
+def check_finite_named(named, owner: str = "the model") -> None:
+    """Every floating tensor in ``named`` must be finite; the error names the first offender.
+
+    Args:
+        named: ``(label, name, tensor)`` triples, e.g. ``("parameter", "0.weight", w)`` (the
+            message is formatted only on failure).
+        owner: what the tensors belong to, for the message.
+
+    One fused 2-norm reduction per dtype and device and one host synchronisation when all is
+    well: a NaN or inf makes the norm non-finite, and a finite norm proves every entry finite
+    (a finite tensor whose norm overflows only costs the exact, per-tensor check).
+
+    Raises:
+        ValueError: a tensor holds a NaN or inf (named, e.g. ``parameter '0.weight'``), or lives
+            on the ``meta`` device (it has no values).
+    """
+    groups: dict[tuple, list[tuple[str, str, torch.Tensor]]] = {}
+    for label, name, t in named:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            if t.device.type == "meta":
+                raise ValueError(f"{label} {name!r} of {owner} is on the meta device and has no "
+                                 "values; materialise the model first (e.g. "
+                                 "model.to_empty(device='cpu') and load its weights)")
+            groups.setdefault((t.dtype, t.device), []).append((label, name, t))
+    if not groups:
+        return
+    with torch.no_grad():
+        ok = [torch.stack(torch._foreach_norm([t for *_, t in g], 2)).isfinite().all()
+              for g in groups.values()]
+        if bool(ok[0] if len(ok) == 1 else torch.stack([f.cpu() for f in ok]).all()):
+            return
+        for g in groups.values():
+            for label, name, t in g:
+                check_finite(f"{label} {name!r} of {owner}", t)
+
+
+def module_tensors(module) -> list[tuple[str, str, torch.Tensor]]:
+    """``(label, name, tensor)`` for every parameter and buffer of ``module``, for
+    :func:`check_finite_named`."""
+    return ([("parameter", n, p) for n, p in module.named_parameters()]
+            + [("buffer", n, b) for n, b in module.named_buffers()])
 
 
 def check_matches(name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device,

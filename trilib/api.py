@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import fnn, graph, rnn
-from ._checks import UnsupportedLayerError
+from ._checks import UnsupportedLayerError, check_finite_named, module_tensors
 from ._numerics import rel_error
 from .solvers import check_method, methods, solve
 from .systems import BackwardProblem, TriangularSystem
@@ -29,11 +29,33 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     builder; an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations to the FNN
     builder; any other module (a Sequential with other layers too) to the graph builder, which
     traces it with ``torch.fx``.
+
+    Every parameter and buffer is checked to be finite first (the error names it). Terms of the
+    loss that read parameters directly, not through the output (weight decay written inside
+    ``loss_fn``), are differentiated by autograd with the output held fixed and added to the
+    parameter gradients, so :func:`gradients` returns the full ``dE/dp``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (output -> scalar loss), got {type(loss_fn).__name__}")
+    check_finite_named(module_tensors(model))
+    loss_fn, direct = _with_direct_terms(model, loss_fn)
+    problem = _dispatch(model, x, loss_fn)
+    if not direct:
+        return problem
+    grads = problem.parameter_gradients
+
+    def parameter_gradients(v):
+        out = grads(v)
+        for name, g in direct.items():
+            out[name] = out[name] + g
+        return out
+
+    return BackwardProblem(problem.system, problem.loss, parameter_gradients)
+
+
+def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     if isinstance(model, nn.RNN):
         return rnn.backward_problem(model, x, loss_fn)
     if isinstance(model, rnn.RNNClassifier):
@@ -46,6 +68,57 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
         if layers is not None:
             return fnn.backward_problem(model, layers, x, loss_fn)
     return graph.backward_problem(model, x, loss_fn)
+
+
+def _with_direct_terms(model: nn.Module, loss_fn: Callable) -> tuple[Callable, dict[str, torch.Tensor]]:
+    """``loss_fn`` wrapped so that, when a builder evaluates it on the (detached) output, the
+    gradient of the loss w.r.t. the parameters it reads directly is recorded in ``direct``
+    (``{name: dE/dp}``, only the non-zero ones): the output is a leaf there, so these are exactly
+    the terms that do not pass through the model. When the loss's graph reaches no leaf but the
+    output (the usual case, found by a walk over its few nodes) nothing else is done; otherwise
+    one extra backward pass through the loss alone."""
+    direct: dict[str, torch.Tensor] = {}
+
+    def wrapped(*args, **kwargs):
+        loss = loss_fn(*args, **kwargs)
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad
+                and torch.is_grad_enabled()):
+            return loss
+        outputs = {id(t) for t in _tensors(args)}
+        if not _leaves(loss) - outputs:
+            return loss
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if named:
+            grads = torch.autograd.grad(loss.reshape(()), [p for _, p in named], retain_graph=True,
+                                        allow_unused=True)
+            direct.clear()
+            direct.update({n: g.detach() for (n, _), g in zip(named, grads) if g is not None})
+        return loss
+
+    return wrapped, direct
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    """The tensors in a (nested) tuple or list, e.g. the RNN's ``(output, h_n)``."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
+
+
+def _leaves(loss: torch.Tensor) -> set[int]:
+    """``id`` s of the leaf tensors the autograd graph of ``loss`` reaches."""
+    stack, seen, found = [loss.grad_fn], set(), set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):                       # AccumulateGrad of a leaf
+            found.add(id(fn.variable))
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
 
 
 def backward_system(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> TriangularSystem:
@@ -85,6 +158,7 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_finite_named(module_tensors(model))
     return fnn.forward_system(model, x)
 
 
@@ -105,7 +179,9 @@ def forward(model: nn.Module, x: torch.Tensor, method: str = "sequential", retur
 
     Returns:
         The output ``z_k``, shaped like ``model(x)`` (no autograd graph); with
-        ``return_trace=True`` the pair ``(output, trace)``. A method that misses its tolerance
+        ``return_trace=True`` the pair ``(output, trace)``. Iterative methods run to the exact
+        answer by default (``tol=None``, see :mod:`trilib.solvers._sweeps`); only a
+        ``max_sweeps``/``max_iterations`` below their exact count can stop them short, which
         warns with :class:`ConvergenceWarning` (or raises :class:`ConvergenceError` with
         ``on_failure="raise"``).
 
@@ -136,7 +212,9 @@ def gradients(model: nn.Module, x: torch.Tensor, loss_fn: Callable, method: str 
         **options: passed to the solver.
 
     Returns:
-        A dict keyed like ``model.named_parameters()``, each value shaped like its parameter.
+        A dict keyed like ``model.named_parameters()``, each value shaped like its parameter:
+        the full ``dE/dp``, including loss terms that read parameters directly (weight decay
+        written inside ``loss_fn``).
 
     Example:
         >>> import torch, trilib

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ._autograd import loss_gradients
-from ._checks import UnsupportedLayerError, check_finite, check_matches
+from ._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches
 from .systems import BackwardProblem, RNNSystem
 
 __all__ = ["RNNRecord", "RNNClassifier", "record_forward", "backward_problem", "classifier_problem"]
@@ -96,12 +96,14 @@ def _check_rnn(rnn: nn.RNN) -> None:
 
 def _split_input(rnn: nn.RNN, inputs) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``x`` or ``(x, h0)`` -> time-major batched ``x``, ``h0`` and whether x was unbatched."""
-    if isinstance(inputs, nn.utils.rnn.PackedSequence) or (
-            isinstance(inputs, (tuple, list)) and isinstance(inputs[0], nn.utils.rnn.PackedSequence)):
+    packed = nn.utils.rnn.PackedSequence
+    if isinstance(inputs, packed) or (isinstance(inputs, (tuple, list)) and inputs
+                                      and isinstance(inputs[0], packed)):
         raise TypeError("x is a PackedSequence; trilib needs a padded tensor of equal-length sequences")
+    if isinstance(inputs, (tuple, list)) and len(inputs) != 2:
+        raise ValueError(f"x must be a tensor (τ, batch, n_in) or a pair (x, h0), got a "
+                         f"{type(inputs).__name__} of length {len(inputs)}")
     if isinstance(inputs, (tuple, list)):
-        if len(inputs) != 2:
-            raise ValueError(f"x must be a tensor or a pair (x, h0), got a sequence of length {len(inputs)}")
         x, h0 = inputs
     else:
         x, h0 = inputs, None
@@ -131,7 +133,7 @@ def _split_input(rnn: nn.RNN, inputs) -> tuple[torch.Tensor, torch.Tensor, bool]
     check_finite("x", x)
     for name, p in rnn.named_parameters():
         check_matches(name, p, ref.dtype, ref.device, owner="weight_ih_l0")
-        check_finite(f"parameter {name}", p)
+    check_finite_named([("parameter", name, p) for name, p in rnn.named_parameters()], owner="the RNN")
     return x, h0.detach(), unbatched
 
 
@@ -245,8 +247,9 @@ class RNNClassifier(nn.Module):
 def classifier_problem(model: RNNClassifier, inputs, loss_fn: Callable) -> BackwardProblem:
     """The backward problem of an :class:`RNNClassifier`: the grid plus the readout row."""
     rec = record_forward(model.rnn, inputs)
-    check_matches("readout.weight", model.readout.weight, rec.h.dtype, rec.h.device,
-                  owner="the RNN's weights")
+    for name, p in model.readout.named_parameters():
+        check_matches(f"readout.{name}", p, rec.h.dtype, rec.h.device, owner="the RNN's weights")
+    check_finite_named([("parameter", f"readout.{n}", p) for n, p in model.readout.named_parameters()])
     top = rec.h[-1, -1]                                   # h_{k,τ}: (batch, n)
     with torch.no_grad():
         logits = model.readout(top)

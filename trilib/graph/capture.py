@@ -14,8 +14,9 @@ from torch import nn
 from torch.func import functional_call, vjp
 
 from .._autograd import ELEMENTWISE, loss_gradients
-from .._checks import UnsupportedLayerError, check_finite, check_matches
+from .._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches, module_tensors
 from ..systems import BackwardProblem, GraphNode, GraphSystem
+from ._probes import mixes_samples, runs
 
 __all__ = ["capture", "backward_problem"]
 
@@ -87,9 +88,15 @@ class _Capture:
                 try:
                     self.values[node] = self._eval(node, self._lookup_recorded, {})
                 except Exception as e:
+                    where = f"operation {_op_name(node, self.gm)} (graph node {node.name!r})"
+                    if not runs(module, x):       # the module itself fails: blame x, not the layer
+                        raise ValueError(
+                            f"the model fails on x of shape {tuple(x.shape)} at {where}: "
+                            f"{type(e).__name__}: {e}. Check x's shape (batch first) against "
+                            "what the model expects") from e
                     raise UnsupportedLayerError(
-                        f"operation {_op_name(node, self.gm)} (graph node {node.name!r}) failed "
-                        f"when trilib ran the traced module: {type(e).__name__}: {e}") from e
+                        f"{where} failed when trilib ran the traced module: {type(e).__name__}: "
+                        f"{e}") from e
         self._find_unknowns()
 
     # evaluation of one node with a given way of looking up its argument nodes
@@ -243,7 +250,10 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
 
     Raises:
         UnsupportedLayerError: the module cannot be traced, or an operation has no Jacobian
-            rule or mixes samples; the message names the operation and what to do.
+            rule or mixes samples (found structurally: the batch dimension must have the batch
+            size, and a probe of each operation's vector-Jacobian product across the batch must
+            keep samples apart); the message names the operation and what to do.
+        ValueError: ``x``, a parameter, a buffer or a tensor attribute is not finite (named).
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
@@ -259,7 +269,12 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
         raise ValueError(f"x must have a non-empty leading batch dimension, (batch, ...), got "
                          f"shape {tuple(x.shape)}; for one sample use x.unsqueeze(0)")
     check_finite("x", x)
+    check_finite_named(module_tensors(module))
     cap = _Capture(module, x)
+    known = {id(t) for *_, t in module_tensors(module)}
+    check_finite_named([("tensor attribute", n.target, cap.values[n]) for n in cap.graph.nodes
+                        if n.op == "get_attr" and isinstance(cap.values.get(n), torch.Tensor)
+                        and id(cap.values[n]) not in known])
     out = cap.values[cap.output]
     loss = None
     if g is None:
@@ -295,6 +310,13 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
                     f"operation {_op_name(node, cap.gm)} (graph node {node.name!r}) has no Jacobian "
                     f"rule in torch.func: {type(e).__name__}: {e}. Replace it with a "
                     "differentiable torch operation, or compute dE/dp with torch.autograd") from e
+            if structure == "dense" and mixes_samples(fn, value, batch):
+                raise UnsupportedLayerError(
+                    f"operation {_op_name(node, cap.gm)} (graph node {node.name!r}) mixes samples: "
+                    "probing its vector-Jacobian product across the batch, one sample's output sends "
+                    "gradient to another sample's input, so per-sample Jacobians cannot describe it. "
+                    "Keep every operation per sample (reduce over features, not over the batch "
+                    "dimension) or move the reduction into loss_fn")
         else:
             fn = None
         vjps.append(fn)

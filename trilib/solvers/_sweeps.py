@@ -1,40 +1,47 @@
 """What every iterative method shares (docs/theory.md §6): option checks, the sweep loop with
-its residual record and convergence test, and the warning or error when the limit is hit.
+its residual record and stopping rule, and the warning or error when the limit is hit.
 
-Write the system as ``(I - N) u = r`` with ``N`` strictly triangular, so ``N^k = 0``. Every
-method records the relative residual after each sweep in ``trace.residuals`` (and the relative
-error in ``trace.errors`` when a ``reference`` solution is given); ``trace.steps`` is the number
-of sweeps (Newton: iterations). If the tolerance is not reached within the sweep limit the
-method warns with :class:`ConvergenceWarning` (``on_failure="warn"``, default) or raises
-:class:`ConvergenceError` (``on_failure="raise"``), naming the residual reached.
+Write the system as ``(I - N) u = r`` with ``N`` strictly triangular, so ``N^k = 0``. Each method
+is **exact after a known number of sweeps**, its *exact count* (Jacobi: the nilpotency index of
+``N``; block Jacobi: p; Gauss–Seidel: 1 or k; Newton: k iterations). The stopping rule:
+
+* ``tol=None`` (default): stop when the iterate no longer changes bit for bit (a sweep is a
+  deterministic function of the iterate, so every later sweep would return the same bits: the
+  result *equals* the exact-count result), or at the exact count. This is autograd's answer up
+  to rounding, whatever the conditioning.
+* ``tol > 0``: also stop early once the relative residual is ``<= tol``. The residual bounds the
+  backward error only; the forward error can be far larger on ill-conditioned systems.
+* ``tol = 0.0``: also stop at an exactly zero residual.
+
+Reaching the exact count is convergence. Only a ``max_sweeps`` below the exact count can stop a
+method short: it then warns with :class:`ConvergenceWarning` (``on_failure="warn"``, default) or
+raises :class:`ConvergenceError` (``on_failure="raise"``), naming the residual reached.
+``trace.info["stopped"]`` says why a method stopped (``"fixed point"``, ``"tol"``,
+``"exact count"`` or ``"max_sweeps"``/``"max_iterations"``) and ``trace.info["exact_count"]`` the
+count. Every method records the relative residual after each sweep in ``trace.residuals`` (and the
+relative error in ``trace.errors`` when a ``reference`` solution is given); ``trace.steps`` is the
+number of sweeps (Newton: iterations). A sweep costs one fused norm reduction and one host
+synchronisation, whatever k.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
-from .._numerics import norm as _norm
-from .._numerics import rel_error
 from ..systems import BlockBidiagonalSystem, NonlinearForwardSystem, TriangularSystem
 
-__all__ = ["ConvergenceWarning", "ConvergenceError", "default_tol", "own_trace", "slabs", "sweep_loop"]
+__all__ = ["ConvergenceWarning", "ConvergenceError", "exact_count", "own_trace", "slabs", "sweep_loop"]
 
 
 class ConvergenceWarning(UserWarning):
-    """An iterative method stopped at its sweep limit above its tolerance."""
+    """An iterative method stopped at a sweep limit below its exact count, short of its tolerance."""
 
 
 class ConvergenceError(RuntimeError):
     """Raised instead of :class:`ConvergenceWarning` when ``on_failure="raise"``."""
-
-
-def default_tol(dtype: torch.dtype) -> float:
-    """The default tolerance on the relative residual: ``64 * eps(dtype)``
-    (about 1.4e-14 in float64, 7.6e-6 in float32)."""
-    return 64 * torch.finfo(dtype).eps
 
 
 def slabs(k: int, p: int) -> list[range]:
@@ -51,6 +58,27 @@ def slabs(k: int, p: int) -> list[range]:
         out.append(range(start, start + size))
         start += size
     return out
+
+
+def exact_count(system: TriangularSystem) -> int:
+    """The nilpotency index of ``N``: the number of Jacobi sweeps after which the iterate is exact
+    (from any start). The number of block rows on the longest dependency path: k for a block
+    bi-diagonal or nonlinear forward system, the depth for a graph, k + τ - 1 for the RNN grid.
+
+    Example:
+        >>> import torch, trilib
+        >>> rnn = torch.nn.RNN(2, 3, num_layers=2)
+        >>> U = trilib.backward_system(rnn, torch.randn(5, 1, 2), lambda o: o[0].sum())
+        >>> U.k, exact_count(U)
+        (10, 6)
+    """
+    depth = getattr(system, "depth", None)              # GraphSystem: nodes on the longest path
+    if isinstance(depth, int):
+        return depth
+    grid = getattr(system, "grid_shape", None)          # RNNSystem: (k, τ)
+    if grid is not None:
+        return grid[0] + grid[1] - 1
+    return system.k
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -74,35 +102,40 @@ def check_blocks(name: str, system: TriangularSystem, blocks) -> list[torch.Tens
     return [b.to(dtype=system.dtype, device=system.device) for b in blocks]
 
 
-def check_common(system: TriangularSystem, tol, max_sweeps, default_sweeps: int, reference,
-                  on_failure, name: str = "max_sweeps"):
-    if tol is None:
-        tol = default_tol(system.dtype)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    max_sweeps = default_sweeps if max_sweeps is None else check_int(name, max_sweeps, 1)
+def check_common(system: TriangularSystem, tol, max_sweeps, reference, on_failure,
+                 name: str = "max_sweeps"):
+    """Validate the shared options: ``(tol or None, max_sweeps or None, reference blocks)``."""
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
+        raise ValueError(f"tol must be None (run to the exact answer) or a number >= 0, got {tol!r}")
+    if max_sweeps is not None:
+        check_int(name, max_sweeps, 1)
     if on_failure not in ("warn", "raise"):
         raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
-    return float(tol), max_sweeps, check_blocks("reference", system, reference)
+    return (None if tol is None else float(tol)), max_sweeps, check_blocks("reference", system, reference)
 
 
-def _record(trace, residual: float, u, reference) -> None:
-    trace.residuals.append(residual)
-    if reference is not None:
-        trace.errors.append(rel_error(u, reference))
+def own_trace(trace, method: str):
+    """``(trace, wanted)``. Iterative methods keep their residual history even when the caller
+    asked for no trace (``trilib.solve(..., return_trace=False)`` passes ``trace=None``): a
+    private one then, into which no pairs are recorded (``wanted`` is False)."""
+    from ..trace import Trace
+
+    return (Trace(method), False) if trace is None else (trace, True)
 
 
-def _finish(trace, converged: bool, tol: float, limit: int, exact_after: str, on_failure: str,
-            unit: str = "sweeps", option: str = "max_sweeps") -> None:
-    trace.info["converged"] = converged
-    trace.info["tol"] = tol
-    if converged:
-        return
-    msg = (f"{trace.method} did not converge: relative residual {trace.residuals[-1]:.3e} after "
-           f"{trace.steps} {unit} ({option}={limit}) is above tol={tol:.3e}; {exact_after}")
-    if on_failure == "raise":
-        raise ConvergenceError(msg)
-    warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+def sweep_pairs(pairs, wanted: bool) -> list[tuple[int, int]]:
+    """The ``(target, source)`` pairs of one sweep, normalised once per solve (empty when no
+    trace was asked for)."""
+    return [(int(t), int(s)) for t, s in pairs] if wanted and pairs else []
+
+
+def record_step(trace, pairs: list[tuple[int, int]], work: int) -> None:
+    """One sweep in the trace. Every sweep of an iterative method reads the same couplings, so
+    ``pairs`` is one list built once per solve (:func:`sweep_pairs`) and appended by reference:
+    a trace of s sweeps holds one copy of the k pairs, not s."""
+    trace.combines.append(pairs)
+    trace.steps += 1
+    trace.work += int(work)
 
 
 def coupling_pairs(system: TriangularSystem) -> list[tuple[int, int]] | None:
@@ -118,37 +151,136 @@ def coupling_pairs(system: TriangularSystem) -> list[tuple[int, int]] | None:
     return None
 
 
-def relative_residual(nu, rhs, u) -> float:
-    """``||N u + r - u|| / ||r||``; when ``r = 0`` (the nonlinear forward system) relative to
-    ``||N(u)||`` instead, so the number stays scale-free."""
-    res = _norm([a + r - b for a, r, b in zip(nu, rhs, u)])
-    scale = _norm(rhs)
-    if scale == 0:
-        scale = _norm(nu)
-    return res / scale if scale > 0 else res
+def jacobi_step(system: TriangularSystem, u: Sequence[torch.Tensor]):
+    """``(N u + r, N u + r - u)``: the next Jacobi iterate (``k`` contiguous blocks: the layer
+    maps then see the memory layout substitution gives them, so a fixed point is bit for bit
+    substitution's answer) and the residual of ``u`` as one flat ``(batch, N)`` tensor
+    (:func:`flat`). The residual is exactly the change the next sweep makes, so it is zero
+    exactly when ``u`` is a fixed point."""
+    nxt = torch._foreach_add(system.apply_offdiagonal(u), list(system.rhs))
+    return nxt, flat(nxt) - flat(u)
 
 
+def flat(blocks: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """A block vector (``(batch, n_i)`` blocks) as one ``(batch, N)`` tensor: one kernel, after
+    which every reduction is one kernel too (a loop over k blocks would cost k launches)."""
+    return blocks if isinstance(blocks, torch.Tensor) else torch.cat(list(blocks), dim=-1)
 
 
-def own_trace(trace, method: str):
-    """Iterative methods keep their residual history even when the caller asked for no trace
-    (``trilib.solve(..., return_trace=False)`` passes ``trace=None``): a private one then."""
-    from ..trace import Trace
+def fused_norms(*groups: Sequence[torch.Tensor] | torch.Tensor | None) -> list[float]:
+    """``[||g||_2, max|g|]`` for every group (a block vector, a flat tensor, or ``None``: two
+    zeros) with **one** host synchronisation in all. The 2-norm is accumulated in float64
+    (float32 on devices without it); the max norm is exact, so ``max|g| == 0`` tells an exactly
+    zero vector even where the 2-norm underflows.
 
-    return Trace(method) if trace is None else trace
+    Example:
+        >>> fused_norms([torch.tensor([3.0]), torch.tensor([0.0, -4.0])], None)
+        [5.0, 4.0, 0.0, 0.0]
+    """
+    vals: list[torch.Tensor | None] = []
+    for g in groups:
+        g = None if g is None or (not isinstance(g, torch.Tensor) and not len(g)) else flat(g)
+        if g is None or not g.numel():
+            vals.append(None)
+            continue
+        acc = torch.float64 if g.device.type != "mps" else torch.float32
+        vals.append(torch.stack([torch.linalg.vector_norm(g, 2, dtype=acc),
+                                 torch.linalg.vector_norm(g, float("inf")).to(acc)]))
+    ref = next((v for v in vals if v is not None), None)
+    if ref is None:
+        return [0.0] * (2 * len(groups))
+    return torch.cat([ref.new_zeros(2) if v is None else v for v in vals]).tolist()
 
 
-def sweep_loop(trace, sweep: Callable, u: list[torch.Tensor], *, tol: float, limit: int, reference,
-               on_failure: str, exact_after: str, unit: str = "sweeps",
+class _Stopper:
+    """The stopping rule of :mod:`trilib.solvers._sweeps` for one solve."""
+
+    def __init__(self, system, tol, reference, fixed_by: str, rounding: float | None):
+        self.tol, self.fixed_by = tol, fixed_by
+        self.rounding = None if rounding is None else rounding * torch.finfo(system.dtype).eps
+        self.reference = None if reference is None else flat(reference)
+        self.rhs_norm, _, self.ref_norm, _ = fused_norms(system.rhs, self.reference)  # one sync
+        self.rhs_zero = self.rhs_norm == 0
+        if rounding is not None:                       # column -> block row, for per-row norms
+            self.block_of = torch.repeat_interleave(torch.arange(system.k, device=system.device),
+                                                    torch.tensor(system.block_sizes, device=system.device))
+            self.k = system.k
+
+    def check(self, trace, u_old, u, res) -> str | None:
+        """Record the sweep that turned ``u_old`` into ``u`` (residual ``res``, blocks or flat);
+        return why to stop, or None."""
+        uf, rf = flat(u), flat(res)
+        change = uf - flat(u_old) if self.fixed_by == "change" else None
+        scale = uf + rf if self.rhs_zero else None              # N u when r = 0
+        err = uf - self.reference if self.reference is not None else None
+        excess = self._rounding_excess(uf, rf) if self.rounding is not None else None
+        r2, rinf, _, cinf, s2, sinf, e2, _, _, xinf = fused_norms(rf, change, scale, err, excess)
+        scale2, scaleinf = (s2, sinf) if self.rhs_zero else (self.rhs_norm, None)
+        if r2 == 0 and rinf > 0:                   # the 2-norm underflowed: use max norms
+            residual = rinf / (scaleinf or scale2) if (scaleinf or scale2) else rinf
+        else:
+            residual = r2 / scale2 if scale2 > 0 else r2
+        trace.residuals.append(residual)
+        if err is not None:
+            trace.errors.append(e2 / self.ref_norm if self.ref_norm else e2)
+        if (cinf == 0) if self.fixed_by == "change" else (rinf == 0):
+            return "fixed point"
+        if excess is not None and xinf == 0:
+            return "rounding level"
+        if self.tol is not None and residual <= self.tol:
+            return "tol"
+        return None
+
+    def _rounding_excess(self, uf: torch.Tensor, rf: torch.Tensor) -> torch.Tensor:
+        """``max(0, ||res_{l,b}||² - (c eps)² ||(N u + r)_{l,b}||²)`` for every row ``l`` and
+        sample ``b`` (one segmented sum each): all zero when every row of every sample is its own
+        update up to c units of rounding."""
+        acc = torch.float64 if uf.device.type != "mps" else torch.float32
+
+        def rows(t):
+            return t.new_zeros(t.shape[0], self.k, dtype=acc).index_add_(1, self.block_of, t.to(acc).square())
+
+        return (rows(rf) - self.rounding**2 * rows(uf + rf)).clamp_min(0)
+
+
+def sweep_loop(trace, sweep: Callable, u: list[torch.Tensor], *, system: TriangularSystem, tol: float | None,
+               max_sweeps: int | None, exact: int, reference, on_failure: str, exact_after: str,
+               fixed_by: str = "change", rounding: float | None = None, unit: str = "sweeps",
                option: str = "max_sweeps") -> list[torch.Tensor]:
-    """The loop of every iterative method: ``u, residual = sweep(u)`` (the sweep records its own
-    step in the trace) until ``residual <= tol`` or ``limit`` sweeps; then :func:`_finish`."""
-    converged = False
+    """The loop of every iterative method: ``u, residual_blocks = sweep(u)`` (the sweep records
+    its own step in the trace) until a stopping criterion holds (module docstring).
+
+    Args:
+        fixed_by: ``"change"``: the iterate is a fixed point once a sweep leaves it unchanged;
+            ``"residual"``: once its residual is exactly zero (methods whose next step is
+            ``u + residual``-shaped: Jacobi, Newton), which is found one sweep earlier.
+        exact: the exact count; ``max_sweeps`` (default ``exact``) is capped by it.
+        rounding: ``c``: also stop (``"rounding level"``) once, for every row ``l`` and sample
+            ``b``, ``||res_{l,b}|| <= c eps ||(N u + r)_{l,b}||``: each row equals its own update up
+            to c units of rounding (Newton, whose last bits settle one row per iteration).
+    """
+    limit = exact if max_sweeps is None else min(max_sweeps, exact)
+    stopper = _Stopper(system, tol, reference, fixed_by, rounding)
+    stopped = None
     for _ in range(limit):
-        u, residual = sweep(u)
-        _record(trace, residual, u, reference)
-        if residual <= tol:
-            converged = True
+        u_old = u
+        u, res = sweep(u)
+        stopped = stopper.check(trace, u_old, u, res)
+        if stopped:
             break
-    _finish(trace, converged, tol, limit, exact_after, on_failure, unit, option)
+    if stopped is None:
+        stopped = "exact count" if limit == exact else option
+    trace.info.update(converged=stopped != option, stopped=stopped, tol=tol, exact_count=exact)
+    if stopped == option:
+        _fail(trace, tol, limit, exact_after, on_failure, unit, option)
     return u
+
+
+def _fail(trace, tol, limit: int, exact_after: str, on_failure: str, unit: str, option: str) -> None:
+    short = f"is above tol={tol:.3e}" if tol is not None else "and the iterate still changes"
+    msg = (f"{trace.method} did not converge: relative residual {trace.residuals[-1]:.3e} after "
+           f"{trace.steps} {unit} ({option}={limit}) {short}; {exact_after} (omit {option} to get "
+           "there)")
+    if on_failure == "raise":
+        raise ConvergenceError(msg)
+    warnings.warn(msg, ConvergenceWarning, stacklevel=4)

@@ -1,7 +1,7 @@
 """Block Jacobi with p contiguous blocks of rows (docs/theory.md §6): each block substitutes
 inside itself, reading its neighbour block's value from the previous sweep. Exact after p
-sweeps; p = 1 is substitution, p = k is Jacobi. One block per device is pipelined model
-parallelism."""
+sweeps (default p = min(2, k)); p = 1 is substitution, p = k is Jacobi. One block per device is
+pipelined model parallelism."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ import torch
 from .._checks import check_memory
 from ..systems import BlockBidiagonalSystem
 from ._registry import register
-from ._sweeps import check_common, check_int, own_trace, relative_residual, slabs, sweep_loop
+from ._sweeps import (
+    check_common,
+    check_int,
+    jacobi_step,
+    own_trace,
+    record_step,
+    slabs,
+    sweep_loop,
+    sweep_pairs,
+)
 
 __all__ = ["block_jacobi", "dependency_order", "coupling_of_row"]
 
@@ -28,22 +37,23 @@ def coupling_of_row(system: BlockBidiagonalSystem) -> dict[int, int]:
 
 
 @register("block_jacobi", BlockBidiagonalSystem, family="iterative")
-def block_jacobi(system: BlockBidiagonalSystem, trace, *, p: int = 2, tol: float | None = None,
+def block_jacobi(system: BlockBidiagonalSystem, trace, *, p: int | None = None, tol: float | None = None,
                  max_sweeps: int | None = None, reference: Sequence[torch.Tensor] | None = None,
                  on_failure: str = "warn") -> list[torch.Tensor]:
     """Block Jacobi with ``p`` contiguous blocks of rows (p devices, each owning a slab).
 
     In a sweep every block substitutes through its rows at the same time; the one row that
     reads outside its block reads the neighbour's value from the previous sweep. The inner
-    step ``i`` treats row ``i`` of every block at once.
+    step ``i`` treats row ``i`` of every block at once. Exact after p sweeps.
 
     Args:
         system: upper or lower :class:`~trilib.systems.BlockBidiagonalSystem`.
         trace: one step per sweep (pairs: the k - 1 couplings);
             ``trace.info["steps_per_sweep"]`` = the longest block.
-        p: number of blocks, ``1 <= p <= k`` (p = 1 is substitution, p = k is Jacobi).
-        tol, reference, on_failure: as for :func:`jacobi`.
-        max_sweeps: sweep limit (default p: exact after p sweeps).
+        p: number of blocks, ``1 <= p <= k`` (p = 1 is substitution, p = k is Jacobi); default
+            ``min(2, k)`` (two devices; one on a single-layer system).
+        tol, reference, on_failure: as for :func:`~trilib.solvers.jacobi.jacobi`.
+        max_sweeps: sweep limit (default and cap: p, the exact count).
 
     Returns:
         ``k`` tensors ``(batch, n_l)``.
@@ -56,16 +66,17 @@ def block_jacobi(system: BlockBidiagonalSystem, trace, *, p: int = 2, tol: float
         >>> trace.steps, trace.info["steps_per_sweep"]
         (2, 3)
     """
-    trace = own_trace(trace, "block_jacobi")
-    p = check_int("p", p, 1, system.k)
-    tol, max_sweeps, reference = check_common(system, tol, max_sweeps, p, reference, on_failure)
+    trace, wanted = own_trace(trace, "block_jacobi")
+    p = min(2, system.k) if p is None else check_int("p", p, 1, system.k)
+    tol, max_sweeps, reference = check_common(system, tol, max_sweeps, reference, on_failure)
     blocks = [dependency_order(system, rows) for rows in slabs(system.k, p)]
     reads = coupling_of_row(system)
-    pairs = [system.row_col(l) for l in range(system.k - 1)]
+    pairs = sweep_pairs([system.row_col(l) for l in range(system.k - 1)], wanted)
     owner = {row: j for j, b in enumerate(blocks) for row in b}
     longest = max(len(b) for b in blocks)
     trace.info["steps_per_sweep"] = longest
     trace.info["blocks"] = [sorted(b) for b in blocks]
+    trace.info["p"] = p
     # inner step i treats row i of every block: its rows, the coupling each reads, and whether
     # that coupling reaches outside the block (then it reads the previous sweep)
     inner = []
@@ -75,6 +86,7 @@ def block_jacobi(system: BlockBidiagonalSystem, trace, *, p: int = 2, tol: float
         coupled = [(row, reads[row]) for row in rows if row in reads]
         outside = [owner[system.row_col(l)[1]] != owner[row] for row, l in coupled]
         inner.append((free, coupled, outside, _RowBatch(system, coupled)))
+
     def sweep(u):
         new = list(u)
         for free, coupled, outside, batch in inner:     # one parallel step each
@@ -83,11 +95,11 @@ def block_jacobi(system: BlockBidiagonalSystem, trace, *, p: int = 2, tol: float
             sources = [(u if out else new)[system.row_col(l)[1]] for (_, l), out in zip(coupled, outside)]
             for (row, _), value in zip(coupled, batch(sources)):
                 new[row] = value
-        trace.add_step(pairs)
-        return new, relative_residual(system.apply_offdiagonal(new), system.rhs, new)
+        record_step(trace, pairs, system.k - 1)
+        return new, jacobi_step(system, new)[1]
 
-    return sweep_loop(trace, sweep, [torch.zeros_like(r) for r in system.rhs], tol=tol,
-                      limit=max_sweeps, reference=reference, on_failure=on_failure,
+    return sweep_loop(trace, sweep, [torch.zeros_like(r) for r in system.rhs], system=system, tol=tol,
+                      max_sweeps=max_sweeps, exact=p, reference=reference, on_failure=on_failure,
                       exact_after=f"block Jacobi is exact after p = {p} sweeps")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ..systems import BlockBidiagonalSystem
 from ._registry import register
-from ._sweeps import check_common, own_trace, relative_residual, sweep_loop
+from ._sweeps import check_common, jacobi_step, own_trace, record_step, sweep_loop, sweep_pairs
 from .block_jacobi import coupling_of_row, dependency_order
 
 __all__ = ["gauss_seidel"]
@@ -29,8 +29,8 @@ def gauss_seidel(system: BlockBidiagonalSystem, trace, *, order: str = "dependen
         order: ``"dependency"`` (bottom-up for upper, top-down for lower: a sweep is
             substitution, exact after one sweep) or ``"reverse"`` (every row reads a value of
             the previous sweep: Jacobi, exact after k sweeps).
-        tol, reference, on_failure: as for :func:`jacobi`.
-        max_sweeps: sweep limit (default k).
+        tol, reference, on_failure: as for :func:`~trilib.solvers.jacobi.jacobi`.
+        max_sweeps: sweep limit (default and cap: the exact count, 1 or k).
 
     Returns:
         ``k`` tensors ``(batch, n_l)``.
@@ -43,16 +43,17 @@ def gauss_seidel(system: BlockBidiagonalSystem, trace, *, order: str = "dependen
         ...  for o in ("dependency", "reverse")]
         [1, 3]
     """
-    trace = own_trace(trace, "gauss_seidel")
+    trace, wanted = own_trace(trace, "gauss_seidel")
     if order not in ("dependency", "reverse"):
         raise ValueError(f"order must be 'dependency' or 'reverse', got {order!r}")
-    tol, max_sweeps, reference = check_common(system, tol, max_sweeps, system.k, reference, on_failure)
+    tol, max_sweeps, reference = check_common(system, tol, max_sweeps, reference, on_failure)
     rows = dependency_order(system, range(system.k))
     if order == "reverse":
         rows = rows[::-1]
     reads = coupling_of_row(system)
-    pairs = [(row, system.row_col(reads[row])[1]) for row in rows if row in reads]
+    pairs = sweep_pairs([(row, system.row_col(reads[row])[1]) for row in rows if row in reads], wanted)
     trace.info["steps_per_sweep"] = system.k
+
     def sweep(u):
         u = list(u)
         for row in rows:                                # one row after another
@@ -61,11 +62,12 @@ def gauss_seidel(system: BlockBidiagonalSystem, trace, *, order: str = "dependen
                 u[row] = system.rhs[row]
             else:
                 u[row] = system.rhs[row] + system.apply_block(l, u[system.row_col(l)[1]])
-        trace.add_step(pairs)
-        return u, relative_residual(system.apply_offdiagonal(u), system.rhs, u)
+        record_step(trace, pairs, system.k - 1)
+        return u, jacobi_step(system, u)[1]
 
-    exact = ("one sweep in the dependency order" if order == "dependency"
-             else f"k = {system.k} sweeps in reverse order")
-    return sweep_loop(trace, sweep, [torch.zeros_like(r) for r in system.rhs], tol=tol,
-                      limit=max_sweeps, reference=reference, on_failure=on_failure,
-                      exact_after=f"Gauss–Seidel is exact after {exact}")
+    exact = 1 if order == "dependency" else system.k
+    what = ("one sweep in the dependency order" if order == "dependency"
+            else f"k = {system.k} sweeps in reverse order")
+    return sweep_loop(trace, sweep, [torch.zeros_like(r) for r in system.rhs], system=system, tol=tol,
+                      max_sweeps=max_sweeps, exact=exact, reference=reference, on_failure=on_failure,
+                      exact_after=f"Gauss–Seidel is exact after {what}")

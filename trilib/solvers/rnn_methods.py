@@ -159,8 +159,10 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
     ``steps <= 1 + ceil(log2 k)·(ceil(log2 τ) + 2) + ceil(log2 τ)
     <= c·(ceil(log2 k) + 1)·(ceil(log2 τ) + 1)`` with **c = 3** (a level with two rows skips
     step 4). For k = 1 it is the time scan
-    alone (recursive doubling along time). Memory: the dense couplings need
-    ``batch·τ²·n²`` numbers per row once k >= 3.
+    alone (recursive doubling along time). Memory: per-sample ``n x n`` blocks for every
+    grid point, and once k >= 3 dense couplings of ``batch·τ²·n²`` numbers per row; the total
+    (:func:`nested_bytes`) is checked against ``trilib.config.memory_limit_bytes`` before
+    anything is allocated, for every k.
 
     Example:
         >>> import torch, trilib
@@ -170,6 +172,10 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
         13
     """
     k, tau = system.grid_shape
+    batch, n = system.d.shape[2:]
+    check_memory(nested_bytes(k, tau, batch, n, system.d.element_size()),
+                 f"method 'nested' on a k={k} x τ={tau} grid (per-sample {n}x{n} blocks, batch {batch})",
+                 "Use method='wavefront' or 'sequential', which never form n x n blocks.")
     idx = system.index
     # Step 0: every block at once: P_{l,t} = D_{l,t} U_l^T (time) and E_{l,t} = D_{l,t} W_{l+1}^T.
     p = system.d.unsqueeze(-1) * system.w_hh.transpose(-1, -2)[:, None, None]
@@ -221,6 +227,17 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
 
     v = reduce(list(range(k)), system.r.unsqueeze(-1), e, "diag").squeeze(-1)
     return system.to_blocks(v)
+
+
+def nested_bytes(k: int, tau: int, batch: int, n: int, itemsize: int) -> int:
+    """Peak memory of :func:`nested`, estimated: ``3 k τ`` per-sample ``n x n`` blocks (the
+    couplings, the scan's copy and its products) plus, for k >= 3, ``1.5 k τ² ⌈log2 k⌉`` of them
+    for the dense couplings over time, their scans and products (fitted with some margin to
+    measured peaks: k = 1..6, τ = 40..400)."""
+    blocks = 3 * k * tau
+    if k >= 3:
+        blocks += (3 * k * tau * tau * ceil_log2(k)) // 2
+    return blocks * batch * n * n * itemsize
 
 
 def nested_step_bound(k: int, tau: int, c: int = 3) -> int:
