@@ -1,9 +1,14 @@
 """Packaging and notebook hygiene: the install files agree with each other, and every notebook opens
-in Colab (title, guarded set-up cell with the one repository URL), depends on no local path and is
-saved with outputs."""
+in Colab (title, badge, guarded set-up cell with the one repository URL, an install that keeps the
+runtime's torch), depends on no local path and is saved with outputs."""
 
+import importlib.util
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -27,15 +32,10 @@ CONDA_TO_PIP = {"pytorch": "torch", "pytorch-cpu": "torch"}  # conda names that 
 CONDA_ONLY = {"python", "pip", "cpuonly"}  # interpreter, installer, CPU variant selector
 
 
-def colab_cell(url: str) -> str:
-    """The canonical second cell of every notebook, for repository ``url``."""
-    return (
-        "# Colab set-up: installs trilib when this notebook runs in Google Colab, does nothing elsewhere.\n"
-        "import sys\n"
-        'if "google.colab" in sys.modules:\n'
-        "    import subprocess\n"
-        f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{url}"], check=True)'
-    )
+# The badge and the set-up cell are generated in one place, scripts/colab_header.py, from pyproject.
+_spec = importlib.util.spec_from_file_location("colab_header", REPO / "scripts" / "colab_header.py")
+colab_header = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(colab_header)
 
 
 def repository_url() -> str:
@@ -98,7 +98,34 @@ def test_constraints_pin_the_cpu_torch_wheel_inside_the_supported_range():
     assert [str(r.specifier) for r in torch_pins] == ["==2.13.0"], f"constraints.txt torch pins: {torch_pins}"
     supported = pip_requirements()["torch"].specifier
     assert Version("2.13.0") in supported, f"pyproject's torch range {supported} excludes 2.13.0"
-    assert Version("2.14.0") not in supported, f"pyproject's torch range {supported} admits 2.14"
+
+
+def test_makefile_installs_with_the_constraints():
+    make = (REPO / "Makefile").read_text()
+    installs = [line for line in make.splitlines() if "pip install" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), (
+        f"every pip install in the Makefile should use -c constraints.txt: {installs}")
+
+
+def test_runtime_dependencies_state_lower_bounds_only():
+    """Installing trilib into a runtime that already has newer packages (Colab's torch) must not
+    downgrade them: pyproject states the oldest supported version, never an upper bound or a pin."""
+    for dep in PYPROJECT["project"]["dependencies"]:
+        req = Requirement(dep)
+        ops = {spec.operator for spec in req.specifier}
+        assert ops <= {">="}, f"{dep!r}: runtime dependencies take a lower bound only (>=), got {ops}"
+
+
+# What a Colab runtime ships and must keep. Colab renders ipywidgets 7 only (its widget manager does
+# not support 8, googlecolab/colabtools#4525), so requiring ipywidgets>=8 would break the sliders there.
+COLAB_PREINSTALLED = {"ipywidgets": "7.7.1"}
+
+
+def test_colab_preinstalled_versions_satisfy_pyproject():
+    reqs = pip_requirements()
+    for name, version in COLAB_PREINSTALLED.items():
+        assert Version(version) in reqs[name].specifier, (
+            f"pyproject's {name} requirement {reqs[name].specifier} would replace Colab's {name} {version}")
 
 
 def test_pyproject_names_the_repository_url():
@@ -138,28 +165,128 @@ def test_notebook_starts_with_a_title_and_one_line_on_what_it_shows(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_IDS)
+def test_notebook_title_cell_carries_its_colab_badge(path):
+    first = _read(path).cells[0]
+    lines = [line for line in first.source.splitlines() if line.strip()]
+    expected = colab_header.badge(path.name)
+    assert len(lines) >= 2 and lines[1] == expected, (
+        f"{path.name}: the line after the title must be the Colab badge\n{expected}\n"
+        f"(run `python scripts/colab_header.py {path.relative_to(REPO)}`)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_IDS)
 def test_notebook_second_cell_is_the_colab_setup_cell(path):
     cells = _read(path).cells
     assert len(cells) >= 2, f"{path.name} has {len(cells)} cell(s)"
     second = cells[1]
     assert second.cell_type == "code", f"{path.name}: second cell is {second.cell_type}, not code"
-    expected = colab_cell(repository_url())
+    expected = colab_header.setup_cell()
     assert second.source.rstrip("\n") == expected, (
-        f"{path.name}: second cell must be exactly\n{expected}\n--- but is ---\n{second.source}")
+        f"{path.name}: second cell must be exactly\n{expected}\n--- but is ---\n{second.source}\n"
+        f"(run `python scripts/colab_header.py {path.relative_to(REPO)}`)")
     assert not second.outputs, f"{path.name}: the Colab set-up cell printed something outside Colab"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_IDS)
-def test_repository_url_appears_only_in_the_colab_cell(path):
+def test_repository_url_appears_only_in_the_colab_header(path):
     url = repository_url()
     needle = url.split("://", 1)[1].lower()  # github.com/owner/name, with or without scheme or git+
+    owner_name = needle.split("/", 1)[1]
     for i, cell in enumerate(_read(path).cells):
         texts = [cell.source] + [_text_of_output(o) for o in cell.get("outputs", [])]
+        if i == 0:   # the badge links to colab.research.google.com/github/<owner/name>/...
+            texts[0] = texts[0].replace(colab_header.badge(path.name), "")
         if i == 1:
             texts = texts[1:]
-        assert not any(needle in t.lower() for t in texts), (
-            f"{path.name}: cell {i} mentions {needle}; the repository URL lives only in the Colab set-up "
-            f"cell (built from pyproject.toml's [project.urls] Repository)")
+        assert not any(needle in t.lower() or f"github/{owner_name}" in t.lower() for t in texts), (
+            f"{path.name}: cell {i} mentions {needle}; the repository URL lives only in the Colab header "
+            f"(built by scripts/colab_header.py from pyproject.toml's [project.urls] Repository)")
+
+
+def test_readme_colab_badge_is_the_generated_one():
+    readme = (REPO / "README.md").read_text()
+    expected = colab_header.badge("01_triangular_systems.ipynb")
+    assert expected in readme, f"README.md should open the course in Colab with\n{expected}"
+
+
+# --- the Colab set-up cell, run as Colab would run it ----------------------------------------------
+
+_CELL_RUNNER = """
+import json, subprocess, sys, types
+source, extra, log = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+calls, real_run = [], subprocess.run
+
+def run(argv, *args, **kwargs):          # record what the cell asks pip to do, then do it
+    calls.append(list(argv))
+    return real_run(list(argv) + extra, *args, **kwargs)
+
+subprocess.run = run
+sys.modules["google.colab"] = types.ModuleType("google.colab")   # what Colab has imported
+exec(compile(open(source).read(), "colab-set-up-cell", "exec"), {"__name__": "__main__"})
+open(log, "w").write(json.dumps(calls))
+"""
+
+
+def _run_setup_cell(tmp_path: Path, source_tree: Path, extra: list[str], tag: str) -> list[list[str]]:
+    """Run the set-up cell in a fresh interpreter that believes it is in Colab, with
+    TRILIB_INSTALL_URL pointing at ``source_tree``; pip gets ``extra`` appended. Returns the
+    commands the cell ran."""
+    cell, runner, log = tmp_path / f"cell_{tag}.py", tmp_path / "runner.py", tmp_path / f"calls_{tag}.json"
+    cell.write_text(colab_header.setup_cell())
+    runner.write_text(_CELL_RUNNER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "PYTHONPATH"}
+    env.update(TRILIB_INSTALL_URL=str(source_tree), PIP_CONFIG_FILE=os.devnull,
+               PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    done = subprocess.run([sys.executable, str(runner), str(cell), json.dumps(extra), str(log)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"the set-up cell failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(log.read_text())
+
+
+def test_colab_setup_cell_installs_trilib_and_leaves_torch_alone(tmp_path):
+    """Run the set-up cell as Colab would (``google.colab`` imported), installing from a copy of this
+    checkout instead of GitHub, with no network (``--no-index``).
+
+    1. pip's resolver, on the cell's exact command plus ``--dry-run --report``, must plan to install
+       trilib and nothing else: the torch (and every other package) already installed here satisfies
+       trilib's requirements, so a Colab runtime keeps its own. A pin or an upgrade of torch would
+       need a package from the index and fail here, or show up in the plan.
+    2. The same command plus ``--no-deps --target DIR`` must install a trilib that imports from DIR.
+    """
+    source = tmp_path / "checkout"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "trilib", source / "trilib", ignore=shutil.ignore_patterns("__pycache__"))
+    offline = ["--no-index", "--no-build-isolation"]
+
+    report = tmp_path / "report.json"
+    calls = _run_setup_cell(tmp_path, source, offline + ["--dry-run", "--report", str(report)], "plan")
+    assert len(calls) == 1, f"the set-up cell should run pip once, ran {calls}"
+    argv = calls[0]
+    assert argv[:4] == [sys.executable, "-m", "pip", "install"], f"not a pip install: {argv}"
+    assert str(source) in argv, f"the cell ignored TRILIB_INSTALL_URL: {argv}"
+    forbidden = {"-U", "--upgrade", "--force-reinstall", "-I", "--ignore-installed", "--upgrade-strategy"}
+    assert not forbidden & set(argv), f"the cell must not upgrade or reinstall packages: {argv}"
+    assert not [a for a in argv if "torch" in a.lower()], f"the cell must not name torch: {argv}"
+    planned = [(item["metadata"]["name"], item["metadata"]["version"])
+               for item in json.loads(report.read_text())["install"]]
+    assert planned == [("trilib", PYPROJECT["project"]["version"])], (
+        f"installing trilib would also install or replace {planned}; expected trilib alone")
+
+    target = tmp_path / "site"
+    _run_setup_cell(tmp_path, source, offline + ["--no-deps", "--target", str(target)], "install")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    probe = subprocess.run([sys.executable, "-c", "import trilib, torch; print(trilib.__file__); "
+                            "print(trilib.__version__); print(torch.__version__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    where, version, torch_version = probe.stdout.split()
+    assert Path(where).is_relative_to(target), f"trilib imported from {where}, not the installed copy"
+    assert version == PYPROJECT["project"]["version"]
+    import torch
+    assert torch_version == torch.__version__, "installing trilib changed the torch that imports"
 
 
 # Absolute paths on a developer's machine: /work/..., /home/..., /tmp/..., C:\...

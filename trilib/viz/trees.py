@@ -1,4 +1,4 @@
-"""The trees of the direct parallel solvers, drawn from their traces (docs/theory.md §5, §7).
+"""The trees of the direct parallel solvers, drawn from their traces (docs/theory.md §5).
 
 Nothing here knows an algorithm: :func:`tree_trace` runs the real solver on a tiny system and
 :func:`plot_tree` draws whatever ``trace.combines`` recorded. Row ``l`` is a vertical line
@@ -95,24 +95,44 @@ def plot_trees(methods, k: int, step: int | None = None, upper: bool = True):
 
 
 def plot_counts(methods, ks=None):
-    """Steps and work (block products) against k on log axes, one line per method.
+    """Steps and work against k on log-log axes, one line per method.
 
-    Counts come from running each method (:func:`tree_trace`) for every k in ``ks``
-    (default: about 40 values from 1 to 1024). Returns the figure with two axes.
+    Counts come from running each method (:func:`tree_trace`) for every k in ``ks`` (default:
+    about 40 values from 2 to 1024). Work counts block products: n x n matrix products and
+    matrix-vector products, each counted once (docs/theory.md §5).
+
+    k starts at 2: for k = 1 every parallel method takes 0 steps and 0 products, which a
+    logarithmic axis cannot show (sequential substitution counts its single row as 1 step).
+
+    Args:
+        methods: method names (see :func:`trilib.methods`).
+        ks: the values of k, each an int >= 2.
+
+    Returns:
+        The figure, with the steps on the left axes and the work on the right.
+
+    Example:
+        >>> fig = plot_counts(["sequential", "blelloch"], ks=[2, 4, 8])
     """
-    ks = sorted({int(k) for k in (np.unique(np.geomspace(1, 1024, 40).round()) if ks is None else ks)})
+    if ks is None:
+        ks = np.unique(np.geomspace(2, 1024, 40).round())
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 2:
+        raise ValueError(f"ks must be ints >= 2 (k = 1 has 0 steps and 0 products, which a log axis "
+                         f"cannot show), got {ks}")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, method in enumerate(methods):
         traces = [tree_trace(method, k) for k in ks]
         dashes = {"sequential": "--", "parallel_cyclic_reduction": ":"}   # PCR coincides with RD
         style = dict(color=f"C{i}", lw=2.5 if method in dashes else 1.5, ls=dashes.get(method, "-"),
                      label=method)
-        left.plot(ks, [max(t.steps, 0.8) for t in traces], **style)
-        right.plot(ks, [max(t.work, 0.8) for t in traces], **style)
-    for ax, what in ((left, "parallel steps"), (right, "work (block products)")):
+        left.plot(ks, [t.steps for t in traces], **style)
+        right.plot(ks, [t.work for t in traces], **style)
+    labels = ((left, "parallel steps"), (right, "work (block products: mat-mat and mat-vec)"))
+    for ax, what in labels:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
-        ax.set_xlabel("k (layers)")
+        ax.set_xlabel(f"k (layers), from k = {ks[0]}")
         ax.set_ylabel(what)
         ax.grid(True, which="major", alpha=0.3)
     left.legend(fontsize=8)
