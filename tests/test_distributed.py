@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import matplotlib
-import psutil
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,10 +35,20 @@ M = 3                                   # micro-batches of the pipeline
 
 
 def _children() -> set[int]:
-    """Our child processes, except multiprocessing's own resource tracker (it lives as long as
-    this process, whatever trilib does)."""
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if "resource_tracker" not in " ".join(p.cmdline())}
+    """Our child processes (from /proc), except multiprocessing's own resource tracker, which lives
+    as long as this process whatever trilib does."""
+    if not Path("/proc/self/stat").exists():
+        return {p.pid for p in multiprocessing.active_children()}
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue                                  # gone meanwhile
+        if int(fields[1]) == os.getpid() and b"resource_tracker" not in cmdline:
+            found.add(int(stat.parent.name))
+    return found
 
 
 def _module_loss(out, target):
@@ -137,6 +146,23 @@ def test_gantt_and_comparison_draw_every_rank():
     matplotlib.pyplot.close("all")
 
 
+def test_slab_map_is_the_transposed_jacobian_of_the_slab():
+    """In-process check of the tree's building block: ``u_{d-1} = A_d u_d`` with A_d = (dz_hi/dz_lo)^T,
+    and back-substitution's outgoing value equals ``A_d u_d``."""
+    net = mlp([3, 5, 4, 6, 2], activation="gelu", seed=0, dtype=torch.float64)
+    slab = td.model.Slab(td.parse_mlp(net), 1, 3)          # layers 2..3 = net[2:6]
+    z = torch.randn(4, 5, dtype=torch.float64)
+    out, cache = slab.forward(z)
+    torch.testing.assert_close(out, net[2:6](z).detach(), rtol=1e-14, atol=0)
+    a = slab.slab_map(cache)
+    u = torch.randn(4, 6, dtype=torch.float64)
+    for s in range(4):
+        jac = torch.autograd.functional.jacobian(net[2:6], z[s])   # (6, 5)
+        torch.testing.assert_close(a[s], jac.T, rtol=1e-12, atol=1e-14)
+    _, outgoing = slab.back_substitute(u, cache)
+    torch.testing.assert_close(outgoing, (a @ u.unsqueeze(-1)).squeeze(-1), rtol=1e-12, atol=1e-14)
+
+
 # --- faults ----------------------------------------------------------------------------------------
 
 
@@ -207,6 +233,8 @@ BAD = [
     ("world_size > k", dict(world_size=5), ValueError, r"number of layers k=4 .*got 5"),
     ("world_size bool", dict(world_size=True), ValueError, "world_size"),
     ("unknown schedule", dict(schedule="ring"), ValueError, "unknown schedule 'ring'"),
+    ("schedule twice", dict(schedule=["tree", "tree"]), ValueError, "twice"),
+    ("no schedule", dict(schedule=[]), ValueError, "at least one"),
     ("unknown backend", dict(backend="mpi"), ValueError, "unknown backend 'mpi'"),
     ("microbatches > batch", dict(schedule="pipeline", microbatches=6), ValueError, "batch size 5"),
     ("microbatches without pipeline", dict(microbatches=2), ValueError, "'pipeline' schedule only"),

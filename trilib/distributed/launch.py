@@ -109,6 +109,8 @@ def check_args(model, x, world_size, schedules, backend, microbatches, timeout_s
     if isinstance(world_size, bool) or not isinstance(world_size, int) or not 1 <= world_size <= k:
         raise ValueError(f"world_size must be an int from 1 to the number of layers k={k} "
                          f"(each rank owns at least one layer), got {world_size!r}")
+    if len(set(schedules)) != len(schedules):
+        raise ValueError(f"schedule lists a schedule twice: {list(schedules)}")
     for name in schedules:
         if name not in SCHEDULES:
             raise ValueError(f"unknown schedule {name!r}; valid schedules are: {', '.join(SCHEDULES)}")
@@ -136,8 +138,10 @@ def run(model: nn.Module, x: torch.Tensor, loss_fn, world_size: int, schedule="t
         targets: torch.Tensor | None = None, warmup: int = 1):
     """Backward propagation of an MLP whose layers are spread over ``world_size`` processes.
 
-    Spawns the processes (``torch.multiprocessing`` spawn context, rendezvous on 127.0.0.1 and a
-    free port), which talk through ``torch.distributed`` only, and waits for them.
+    Spawns the processes (``multiprocessing`` spawn context, rendezvous on 127.0.0.1 and a free
+    port), which talk through ``torch.distributed`` only, and waits for them. As with every use
+    of the spawn context, a script that calls ``run`` must do so under
+    ``if __name__ == "__main__":`` (notebooks need nothing).
 
     Args:
         model: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations; rank d owns the
