@@ -10,17 +10,27 @@ affine map of the previous unknown,
 where ``A_p`` is the coupling block ``B_l`` of the row and ``c_p`` its right-hand side. Two
 maps compose associatively, ``(A, c) ∘ (A', c') = (A A', c + A c')``: after row ``p`` has
 absorbed every earlier row its map reads ``u_p = c_p`` (``A_p`` became a product ending in
-``A_0 = 0``). Each solver is a different order of absorbing; :func:`combine` does one parallel
-step of them as batched tensor operations.
+``A_0 = 0``). Each solver is a different order of absorbing; :meth:`AffineRows.step` does one
+parallel step of them as batched tensor operations.
+
+**O(log k) tensor operations.** The maps are stored in **block-row order** (scan position ``p``
+is row ``k - 1 - p`` of an upper system, row ``p`` of a lower one), and every step of every
+solver here absorbs an arithmetic progression of positions ``p = first + i·stride`` into
+``p - dist``. In block rows that is again an arithmetic progression, so a step reads and writes
+the stack through strided views (``A[a:b:s]``): a fixed handful of operations per step, whatever
+``k``. Setting up is one operation per run of equal-shaped blocks (see
+:class:`~trilib.systems.BlockBidiagonalSystem`), and so is handing back the solution (views of
+the stack). The trace, when one is asked for, records each step as a :class:`StridedPairs`
+description, listed only when read.
 
 **Different widths.** The blocks are rectangular (``n_l x n_{l±1}``). All maps are stored in
 one stack ``A`` of shape ``(k, batch, n, n)`` and ``c`` of shape ``(k, batch, n)`` with
-``n = max_l n_l``, zero-padded. Padding is exact: the padded rows and columns of every block
-are zero, products of such blocks keep them zero (``0 · x = 0`` exactly for finite ``x``), and
-the padded entries of ``c`` stay zero, so the unpadded part is bit-for-bit what unpadded
-products would give. We chose padding over grouping rows of equal shape because one stack keeps
-every step a single batched ``matmul`` whatever the widths; the price is wasted work when the
-widths differ a lot (at most ``(n_max / n_min)^3`` per combine).
+``n = max_l n_l``, zero-padded where a block is narrower. Padding is exact: the padded rows and
+columns of every block are zero, products of such blocks keep them zero (``0 · x = 0`` exactly
+for finite ``x``), and the padded entries of ``c`` stay zero, so the unpadded part is
+bit-for-bit what unpadded products would give. We chose padding over grouping rows of equal
+shape because one stack keeps every step a single batched ``matmul`` whatever the widths; the
+price is wasted work when the widths differ a lot (at most ``(n_max / n_min)^3`` per combine).
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ import torch
 from .._checks import MemoryLimitError, _human, check_memory
 from .._numerics import ceil_log2
 from ..systems import BlockBidiagonalSystem
+from ..trace import StridedPairs
 
-__all__ = ["AffineRows", "affine_rows", "combine", "doubling_work"]
+__all__ = ["AffineRows", "affine_rows", "doubling_work"]
 
 SUGGESTION = ("Use method='sequential' (one n x n_prev mat-vec per layer, never forms n x n "
               "products) or an iterative method (see trilib.methods()), or raise "
@@ -46,32 +57,50 @@ def doubling_work(k: int) -> int:
 
 
 class AffineRows:
-    """The padded stack of affine row maps of one system, in scan order.
+    """The padded stack of affine row maps of one system, in block-row order.
 
     Attributes:
-        A: ``(k, batch, n, n)`` coupling blocks, ``A[0] = 0``.
-        c: ``(k, batch, n)`` right-hand sides; after a solver finishes, ``c[p] = u_{row(p)}``.
-        rows: ``rows[p]`` is the 0-based block row of scan position ``p``.
+        A: ``(k, batch, n, n)``: ``A[row]`` is the row's coupling block, ``0`` for the row solved
+            first; after a step it is the product of the blocks the row has absorbed.
+        c: ``(k, batch, n)`` right-hand sides; after a solver finishes, ``c[row] = u_row``.
     """
 
-    def __init__(self, A: torch.Tensor, c: torch.Tensor, rows: list[int]):
-        self.A, self.c, self.rows = A, c, rows
+    def __init__(self, system: BlockBidiagonalSystem, A: torch.Tensor, c: torch.Tensor):
+        self.system, self.A, self.c = system, A, c
 
-    def index(self, positions) -> torch.Tensor:
-        """Scan positions as an index tensor on the stack's device."""
-        return torch.as_tensor(positions, dtype=torch.long, device=self.A.device)
+    def step(self, trace, first: int, stride: int, count: int, dist: int, matrix: bool = True) -> None:
+        """One parallel step: scan positions ``p = first + i·stride`` (``i < count``) absorb
+        ``p - dist``, all at once, and the trace (if any) records the step.
 
-    def pairs(self, targets: torch.Tensor, sources: torch.Tensor) -> list[tuple[int, int]]:
-        """The ``(target_row, source_row)`` pairs of a step, in block-row numbers for the trace."""
-        return [(self.rows[t], self.rows[s]) for t, s in zip(targets.tolist(), sources.tolist())]
+        ``(A_t, c_t) <- (A_t A_s, c_t + A_t c_s)`` as batched ``matmul`` s over strided views of
+        the stack. Operands are read before anything is written, so a row may be a target and a
+        source in the same step. With ``matrix=False`` only ``c_t`` is updated: the source is
+        already solved (``A_s = 0``), or ``A_t`` is not needed again.
+        """
+        k = self.system.k
+        # in block rows: targets t0 + i·rs, each reading row t + off
+        t0, rs, off = (k - 1 - first, -stride, dist) if self.system.upper else (first, stride, -dist)
+        if trace is not None:
+            trace.add_step(StridedPairs(t0, rs, count, off))
+        lo, st = min(t0, t0 + (count - 1) * rs), abs(rs)
+        hi = lo + (count - 1) * st + 1
+        A_t, c_t = self.A[lo:hi:st], self.c[lo:hi:st]
+        m, batch, n = A_t.shape[:3]
+        a_t = A_t.reshape(m * batch, n, n)                     # a copy when the view is strided
+        c_s = self.c[lo + off:hi + off:st].reshape(m * batch, n, 1)
+        update = torch.bmm(a_t, c_s).view(m, batch, n)       # read every operand before writing
+        if matrix:
+            a_s = self.A[lo + off:hi + off:st].reshape(m * batch, n, n)
+            A_t.copy_(torch.bmm(a_t, a_s).view(m, batch, n, n))
+        c_t.add_(update)
 
-    def solution(self, system: BlockBidiagonalSystem) -> list[torch.Tensor]:
-        """Unpad ``c`` into the list of ``k`` blocks ``(batch, n_l)`` in block-row order."""
-        u: list[torch.Tensor | None] = [None] * system.k
-        sizes = system.block_sizes
-        for p, row in enumerate(self.rows):
-            u[row] = self.c[p, :, : sizes[row]]
-        return u
+    def solution(self) -> list[torch.Tensor]:
+        """The ``k`` blocks ``(batch, n_l)``: views of ``c``, unpadded one run of widths at a time."""
+        n, out = self.c.shape[-1], []
+        for run in self.system.row_runs:
+            rows = self.c[run.start:run.stop]
+            out.extend((rows if run.width == n else rows[..., :run.width]).unbind(0))
+        return out
 
 
 def check_memory_limit(memory_limit: object) -> int | None:
@@ -85,6 +114,9 @@ def check_memory_limit(memory_limit: object) -> int | None:
 def affine_rows(system: BlockBidiagonalSystem, method: str, live_products: int,
                 memory_limit: int | None = None) -> AffineRows:
     """Build the padded affine stack after checking its memory.
+
+    One operation per run of equal-shaped blocks (and per run of equal-width rows): the blocks
+    ``B_l = diag(d_l) M_l`` of a run are formed by one broadcast product written into the stack.
 
     Args:
         system: the block bi-diagonal system (upper or lower).
@@ -100,7 +132,7 @@ def affine_rows(system: BlockBidiagonalSystem, method: str, live_products: int,
     memory_limit = check_memory_limit(memory_limit)
     k, batch, sizes = system.k, system.batch_size, system.block_sizes
     n = max(sizes)
-    nbytes = (k + 3 * live_products) * batch * n * n * system.rhs[0].element_size()
+    nbytes = (k + 3 * live_products) * batch * n * n * system.dtype.itemsize
     what = (f"method={method!r}: {k} padded {n}x{n} blocks for a batch of {batch} "
             f"and one step's products")
     if memory_limit is None:
@@ -109,29 +141,27 @@ def affine_rows(system: BlockBidiagonalSystem, method: str, live_products: int,
         raise MemoryLimitError(f"{what} would need about {_human(nbytes)}, above memory_limit = "
                                f"{_human(memory_limit)}. {SUGGESTION}")
 
-    rows = list(range(k - 1, -1, -1)) if system.upper else list(range(k))
-    position = {row: p for p, row in enumerate(rows)}
-    A = system.rhs[0].new_zeros(k, batch, n, n)
-    c = system.rhs[0].new_zeros(k, batch, n)
-    for p, row in enumerate(rows):
-        c[p, :, : sizes[row]] = system.rhs[row]
-    for l in range(k - 1):                      # set-up, not a step: copy B_l into its slot
-        row, col = system.row_col(l)
-        A[position[row], :, : sizes[row], : sizes[col]] = system.block(l)
-    return AffineRows(A, c, rows)
-
-
-def combine(maps: AffineRows, targets: torch.Tensor, sources: torch.Tensor,
-            matrix: bool = True) -> None:
-    """One parallel step: every ``target`` absorbs its ``source``, all at once.
-
-    ``(A_t, c_t) <- (A_t A_s, c_t + A_t c_s)`` as batched ``matmul`` s over the pairs (and the
-    samples). Operands are gathered before anything is written, so a row may be a target and a
-    source in the same step. With ``matrix=False`` only ``c_t`` is updated: the source is
-    already solved (``A_s = 0``), so ``A_t A_s`` would be zero and is not needed again.
-    """
-    A_t = maps.A[targets]
-    c_new = maps.c[targets] + (A_t @ maps.c[sources].unsqueeze(-1)).squeeze(-1)
-    if matrix:
-        maps.A[targets] = A_t @ maps.A[sources]
-    maps.c[targets] = c_new
+    like = system.row_runs[0].rhs
+    padded = any(run.mats.shape[-2:] != (n, n) for run in system.block_runs)
+    A = like.new_zeros(k, batch, n, n) if padded else like.new_empty(k, batch, n, n)
+    if not padded:
+        A[k - 1 if system.upper else 0].zero_()   # the row solved first couples to nothing
+    shift = 0 if system.upper else 1             # block l sits in block row l + shift
+    for run in system.block_runs:                # set-up, not a step: one product per run
+        rows, cols = run.mats.shape[-2:]
+        dst = A[run.start + shift:run.stop + shift, :, :rows, :cols]
+        m = run.mats.unsqueeze(1) if run.shared else run.mats
+        if run.scales is None:
+            dst.copy_(m.expand_as(dst))
+        elif dst.is_contiguous():
+            torch.mul(run.scales.unsqueeze(-1), m, out=dst)
+        else:
+            dst.copy_(run.scales.unsqueeze(-1) * m)
+    runs = system.row_runs
+    if len(runs) == 1 and runs[0].width == n:
+        c = runs[0].rhs.clone(memory_format=torch.contiguous_format)
+    else:
+        c = like.new_zeros(k, batch, n)
+        for run in runs:
+            c[run.start:run.stop, :, :run.width] = run.rhs
+    return AffineRows(system, A, c)
