@@ -9,8 +9,10 @@ Layer ``l`` computes ``y_l = W_l z_{l-1} + b_l`` and ``z_l = f_l(y_l)``. Its err
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +22,18 @@ from ._autograd import ELEMENTWISE, loss_gradients
 from ._checks import UnsupportedLayerError, check_finite, check_matches
 from .systems import BackwardProblem, BlockBidiagonalSystem, NonlinearForwardSystem, TriangularSystem
 
-__all__ = ["FNNLayer", "parse_sequential", "record_forward", "backward_problem", "forward_system"]
+__all__ = ["FNNLayer", "FNNLayers", "parse_sequential", "record_forward", "backward_problem",
+           "forward_system"]
+
 
 @dataclass(frozen=True)
 class FNNLayer:
-    """One layer ``z = f(W z_prev + b)``: an ``nn.Linear`` and the element-wise modules after it."""
+    """One layer ``z = f(W z_prev + b)``: an ``nn.Linear`` and the element-wise modules after it
+    (``name`` is the Linear's path in the model, e.g. ``"3"`` or ``"block.0"``)."""
 
     linear: nn.Linear
     activations: tuple[nn.Module, ...]
+    name: str = ""
 
     @property
     def is_linear(self) -> bool:
@@ -48,28 +54,53 @@ class FNNLayer:
         ``d`` comes from autograd on the activation alone: it is element-wise, so the
         vector-Jacobian product with ones is the diagonal of its Jacobian.
         """
-        y = self.pre_activation(z_prev)
-        if self.is_linear:
-            return y, None
-        with torch.enable_grad():
-            y = y.detach().requires_grad_(True)
-            z = self.activate(y)
-            (d,) = torch.autograd.grad(z, y, torch.ones_like(z))
-        return z.detach(), d
+        return _with_derivative(self, self.pre_activation(z_prev))
 
 
-def _flatten(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    out = []
+def _with_derivative(layer: FNNLayer, y: torch.Tensor):
+    if layer.is_linear:
+        return y, None
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        z = layer.activate(y)
+        (d,) = torch.autograd.grad(z, y, torch.ones_like(z))
+    return z.detach(), d
+
+
+class FNNLayers(list):
+    """The list of :class:`FNNLayer` s of a model, with ``params``: every ``(name, parameter)``
+    of the model in the order (and with the names) ``model.named_parameters()`` gives."""
+
+    params: list[tuple[str, nn.Parameter]]
+
+
+def _flatten(model: nn.Module, prefix: str, out: list, params: list, seen: set) -> None:
+    """Leaf modules of nested ``nn.Sequential`` s as ``(path, module)``, and every parameter as
+    ``(name, parameter)`` in the order and with the names of ``model.named_parameters()``."""
+    for name, p in model._parameters.items():
+        if p is not None and id(p) not in seen:
+            seen.add(id(p))
+            params.append((prefix + name, p))
     # _modules, not named_children(): a module used twice (shared weights) must appear twice.
     for name, child in model._modules.items():
         if type(child) is nn.Sequential:
-            out += _flatten(child, f"{prefix}{name}.")
-        else:
-            out.append((f"{prefix}{name}", child))
-    return out
+            _flatten(child, f"{prefix}{name}.", out, params, seen)
+        elif child is not None:
+            path = prefix + name
+            out.append((path, child))
+            if child._modules:
+                own = child.named_parameters(prefix=path)
+            elif child._parameters:
+                own = ((f"{path}.{n}", p) for n, p in child._parameters.items() if p is not None)
+            else:
+                continue
+            for pname, p in own:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append((pname, p))
 
 
-def parse_sequential(model: nn.Module) -> list[FNNLayer]:
+def parse_sequential(model: nn.Module) -> FNNLayers:
     """Split an ``nn.Sequential`` into :class:`FNNLayer` s, or raise a clear error.
 
     Nested ``nn.Sequential`` containers are flattened. Raises:
@@ -80,64 +111,83 @@ def parse_sequential(model: nn.Module) -> list[FNNLayer]:
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"expected an nn.Sequential of nn.Linear and activations, "
                         f"got {type(model).__name__}")
-    supported = ", ".join(t.__name__ for t in ELEMENTWISE)
+    modules: list[tuple[str, nn.Module]] = []
+    params: list[tuple[str, nn.Parameter]] = []
+    _flatten(model, "", modules, params, set())
     layers: list[list] = []
-    for name, module in _flatten(model):
-        if type(module) is nn.Linear:
-            if layers and module.in_features != layers[-1][0].out_features:
+    last = None
+    for name, module in modules:
+        kind = type(module)
+        if kind is nn.Linear:
+            if last is not None and module.in_features != last.out_features:
                 raise ValueError(f"layer {name} (Linear) expects {module.in_features} input "
-                                 f"features but the previous Linear produces "
-                                 f"{layers[-1][0].out_features}")
-            layers.append([module, []])
-        elif type(module) in ELEMENTWISE:
-            if not layers:
+                                 f"features but the previous Linear produces {last.out_features}")
+            layers.append((module, [], name))
+            last = module
+        elif kind in ELEMENTWISE:
+            if last is None:
                 raise UnsupportedLayerError(
-                    f"layer {name} ({type(module).__name__}) comes before the first nn.Linear; "
+                    f"layer {name} ({kind.__name__}) comes before the first nn.Linear; "
                     "an FNN system starts at z_0 = x, so apply it to x before calling trilib")
             layers[-1][1].append(module)
         else:
+            supported = ", ".join(t.__name__ for t in ELEMENTWISE)
             raise UnsupportedLayerError(
-                f"layer {name} ({type(module).__name__}) is not supported in an FNN system: "
+                f"layer {name} ({kind.__name__}) is not supported in an FNN system: "
                 f"use nn.Linear layers each followed by element-wise activations ({supported}). "
                 "Replace or remove it (e.g. fold normalisation into the weights, drop Dropout "
                 "in evaluation).")
     if not layers:
         raise ValueError("the model has no nn.Linear layer; an FNN system needs k >= 1 layers")
-    return [FNNLayer(lin, tuple(acts)) for lin, acts in layers]
+    out = FNNLayers(FNNLayer(lin, tuple(acts), name) for lin, acts, name in layers)
+    out.params = params
+    return out
 
 
-def _check_input(layers: Sequence[FNNLayer], x: torch.Tensor) -> None:
-    first = layers[0].linear
-    params = [p for layer in layers for p in (layer.linear.weight, layer.linear.bias) if p is not None]
-    want = (first.weight.dtype, first.weight.device)
-    for p in params:
-        if (p.dtype, p.device) != want or not p.is_floating_point():
-            check_matches("a parameter", p, *want, owner="the first layer's weight")
-    check_matches("x", x, first.weight.dtype, first.weight.device)
+def _parameters(layers: Sequence[FNNLayer]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    return [layer.linear.weight for layer in layers], [layer.linear.bias for layer in layers]
+
+
+def _check_input(layers: Sequence[FNNLayer], x: torch.Tensor, weights=None, biases=None) -> None:
+    if weights is None:
+        weights, biases = _parameters(layers)
+    first = weights[0]
+    want = (first.dtype, first.device)
+    if any(p.dtype != want[0] for p in chain(weights, biases) if p is not None):
+        for p in chain(weights, biases):
+            if p is not None and (p.dtype, p.device) != want:
+                check_matches("a parameter", p, *want, owner="the first layer's weight")
+    check_matches("x", x, first.dtype, first.device)
     if x.dim() != 2:
         hint = "; for one sample use x.unsqueeze(0)" if x.dim() == 1 else ""
         raise ValueError(f"x must be 2-D (batch, features), got shape {tuple(x.shape)}{hint}")
-    if x.shape[1] != first.in_features:
+    if x.shape[1] != first.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features but the first Linear expects "
-                         f"{first.in_features}")
+                         f"{first.shape[1]}")
     if x.shape[0] == 0:
         raise ValueError("x has an empty batch (shape[0] == 0)")
     check_finite("x", x)
-    # One fused reduction over all parameters: a non-finite entry makes its norm non-finite (a
-    # finite overflow only costs the slow path); the per-parameter check names the culprit.
-    if params and not torch.isfinite(torch.stack(torch._foreach_norm(params, 2))).all():
-        for i, p in enumerate(params):
-            check_finite(f"parameter {i} of the model", p)
 
 
-@dataclass
-class FNNRecord:
-    """A forward pass kept for the backward system: ``zs[l]`` is ``z_l`` (``zs[0] = x``) and
-    ``ds[l-1]`` is ``f_l'(y_l)`` or ``None``."""
-
-    layers: list[FNNLayer]
-    zs: list[torch.Tensor]
-    ds: list[torch.Tensor | None]
+def _stacked_parameters(weights, biases, runs) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """``W_l`` and ``b_l`` stacked per run of layers, checked finite (one reduction per stack; the
+    per-parameter check then names the culprit). A device mismatch is reported by name."""
+    with torch.no_grad():
+        try:
+            w_runs = [torch.stack(weights[a:b]) for a, b in runs]
+            b_runs = [None if biases[a] is None else torch.stack(biases[a:b]) for a, b in runs]
+        except RuntimeError:
+            for p in chain(weights, biases):
+                if p is not None:
+                    check_matches("a parameter", p, weights[0].dtype, weights[0].device,
+                                  owner="the first layer's weight")
+            raise
+        stacks = [t for t in chain(w_runs, b_runs) if t is not None]
+        if not torch.stack([torch.isfinite(t).all() for t in stacks]).all():
+            params = [p for p in chain.from_iterable(zip(weights, biases)) if p is not None]
+            for i, p in enumerate(params):
+                check_finite(f"parameter {i} of the model", p)
+    return w_runs, b_runs
 
 
 # f'(y) from z = f(y) alone, for activations whose derivative needs nothing else: computed
@@ -147,60 +197,169 @@ _FROM_OUTPUT: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
     nn.Sigmoid: lambda z: z * (1 - z),
     nn.ReLU: lambda z: (z > 0).to(z.dtype),          # z > 0 exactly when y > 0
 }
+# what these modules' forward computes, called directly when the module has no hooks
+_FUNCTIONAL = {nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid, nn.ReLU: torch.relu}
+
+
+def _kind(layer: FNNLayer):
+    """How a layer's f and f' are computed: ``"linear"`` (f = id), an activation type of
+    :data:`_FROM_OUTPUT` (f' from z, for a whole run at once) or ``"autograd"`` (f' per layer)."""
+    acts = layer.activations
+    if layer.is_linear:
+        return "linear"
+    if len(acts) == 1 and type(acts[0]) in _FROM_OUTPUT:
+        return type(acts[0])
+    return "autograd"
+
+
+def _functional(layers: Sequence[FNNLayer], kinds: Sequence) -> list[Callable | None]:
+    """Per layer, the function its activation module computes (e.g. ``torch.tanh``), called
+    directly when the module has no hooks; ``None`` where the module itself must be called."""
+    hooks = nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return [None] * len(layers)
+    out = []
+    for layer, kind in zip(layers, kinds):
+        act = layer.activations[0] if isinstance(kind, type) else None
+        hooked = act is None or act._forward_hooks or act._forward_pre_hooks
+        out.append(None if hooked else _FUNCTIONAL[kind])
+    return out
+
+
+@dataclass
+class FNNRecord:
+    """A forward pass kept for the backward system, stacked by **runs** of consecutive layers
+    with the same weight shape, bias presence and activation kind.
+
+    Attributes:
+        layers: the parsed layers (with ``layers.params``, the model's named parameters).
+        x: the input ``z_0``.
+        zs: ``zs[l]`` is ``z_l`` (``zs[0] = x``), one tensor per layer as the forward made it.
+        runs: ``(start, stop)`` 0-based layers of each run.
+        weights, biases: per run, ``W_l`` stacked ``(g, n_l, n_{l-1})`` and ``b_l`` ``(g, n_l)``
+            (``None`` without bias).
+        outputs: per run, ``z_l`` of its layers stacked ``(g, batch, n_l)``.
+        derivatives: per run, ``f_l'(y_l)`` stacked like ``outputs``, ``None`` when f = id.
+        parameters: per layer, the ``(weight, bias)`` parameters the forward used.
+    """
+
+    layers: list[FNNLayer]
+    x: torch.Tensor
+    zs: list[torch.Tensor]
+    runs: list[tuple[int, int]]
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor | None]
+    outputs: list[torch.Tensor]
+    derivatives: list[torch.Tensor | None]
+    parameters: tuple[list[torch.Tensor], list[torch.Tensor | None]]
+
+    def run_of(self, layer: int) -> int:
+        return bisect_right([a for a, _ in self.runs], layer) - 1
+
+    def rows(self, which: list, start: int, stop: int) -> torch.Tensor:
+        """Layers ``start .. stop-1`` of the per-run stacks ``which`` (a view inside one run)."""
+        i = self.run_of(start)
+        a, b = self.runs[i]
+        if stop <= b:
+            return which[i][start - a:stop - a]
+        return torch.cat([which[i][start - a:], self.rows(which, b, stop)])
 
 
 def record_forward(layers: Sequence[FNNLayer], x: torch.Tensor) -> FNNRecord:
     """Check the inputs, then run the forward pass of the parsed ``layers`` keeping ``z_l`` and
-    ``f_l'(y_l)``."""
-    layers = list(layers)
-    _check_input(layers, x)
+    ``f_l'(y_l)``, stacked by runs of equal layers (:class:`FNNRecord`)."""
+    weights, biases = _parameters(layers)
+    _check_input(layers, x, weights, biases)
+    kinds = [_kind(layer) for layer in layers]
+    keys = [(w.shape, b is None, kind) for w, b, kind in zip(weights, biases, kinds)]
+    runs = _runs_of(keys)
     zs: list[torch.Tensor] = [x]
-    ds: list[torch.Tensor | None] = [None] * len(layers)
-    later: dict[tuple, list[int]] = {}   # (activation type, shape) -> layers whose d waits
+    w_runs, b_runs = _stacked_parameters(weights, biases, runs)
     with torch.no_grad():
-        for l, layer in enumerate(layers):
-            acts = layer.activations
-            if len(acts) == 1 and type(acts[0]) in _FROM_OUTPUT:
-                z = acts[0](layer.pre_activation(zs[-1]))
-                later.setdefault((type(acts[0]), z.shape), []).append(l)
+        ds: dict[int, torch.Tensor] = {}
+        acts = _functional(layers, kinds)
+        z = x
+        for l, (layer, w, b, kind, act) in enumerate(zip(layers, weights, biases, kinds, acts)):
+            y = F.linear(z, w, b)
+            if act is not None:
+                z = act(y)
+            elif kind == "autograd":
+                z, ds[l] = _with_derivative(layer, y)
             else:
-                z, ds[l] = layer.forward_with_derivative(zs[-1])
+                z = layer.activate(y)
             zs.append(z)
-        for (kind, _), idx in later.items():
-            stacked = torch.stack([zs[l + 1] for l in idx])
-            for l, d in zip(idx, _FROM_OUTPUT[kind](stacked).unbind(0)):
-                ds[l] = d
-    return FNNRecord(layers, zs, ds)
+        outputs = [torch.stack(zs[a + 1:b + 1]) for a, b in runs]
+        derivs = [None if kinds[a] == "linear"
+                  else torch.stack([ds[l] for l in range(a, b)]) if kinds[a] == "autograd"
+                  else _FROM_OUTPUT[kinds[a]](out) for (a, b), out in zip(runs, outputs)]
+    return FNNRecord(layers, x, zs, runs, w_runs, b_runs, outputs, derivs, (weights, biases))
+
+
+def _runs_of(keys: Sequence) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the maximal runs of equal consecutive keys."""
+    out, start = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            out.append((start, i))
+            start = i
+    return out
 
 
 def backward_system_from_record(rec: FNNRecord, g: torch.Tensor) -> BlockBidiagonalSystem:
-    """``U v = r`` with ``B_l = D_l W_{l+1}^T`` and ``r = (0, ..., 0, D_k g)``."""
-    mats = [layer.linear.weight.detach().t() for layer in rec.layers[1:]]
-    scales = rec.ds[:-1]
-    last = g if rec.ds[-1] is None else rec.ds[-1] * g
-    # Rows 1..k-1 have r_l = 0: one zero tensor per distinct width, shared (solvers are pure
-    # functions and never write into the right-hand side).
-    zeros: dict[tuple, torch.Tensor] = {}
-    rhs = [zeros.setdefault(tuple(z.shape), torch.zeros_like(z)) for z in rec.zs[1:-1]] + [last]
-    return BlockBidiagonalSystem(mats, scales, rhs, upper=True, symbol="v")
+    """``U v = r`` with ``B_l = D_l W_{l+1}^T`` and ``r = (0, ..., 0, D_k g)``, from the stacked
+    runs: one view (or one concatenation) per run, no Python work per layer."""
+    k, batch = len(rec.layers), g.shape[0]
+    d_last = rec.derivatives[-1]
+    last = g if d_last is None else d_last[-1] * g
+    rhs = []
+    for (a, b), out in zip(rec.runs, rec.outputs):     # rows of one run share their width
+        r = out.new_zeros(b - a, batch, out.shape[-1])
+        if b == k:
+            r[-1] = last
+        rhs.append(r)
+    # block l (0-based) is D_l W_{l+1}^T: split the blocks where either factor's run changes
+    cuts = sorted({a for a, _ in rec.runs[1:]} | {a - 1 for a, _ in rec.runs[1:]} | {0, k - 1})
+    mats, scales = [], []
+    for a, b in zip(cuts, cuts[1:]):
+        if a == b:
+            continue
+        # M_l = W_{l+1}^T, stored contiguous (one copy per run): forming B_l = D_l M_l is then a
+        # vectorised broadcast product
+        mats.append(rec.rows(rec.weights, a + 1, b + 1).mT.contiguous())
+        d_run = rec.derivatives[rec.run_of(a)]
+        scales.append(None if d_run is None else rec.rows(rec.derivatives, a, b))
+    return BlockBidiagonalSystem.from_stacks(mats, scales, rhs, upper=True, symbol="v")
 
 
 def parameter_gradients(model: nn.Module, rec: FNNRecord,
                         v: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``dE/dW_l = sum_batch v_l z_{l-1}^T`` and ``dE/db_l = sum_batch v_l``: all independent."""
-    named = list(model.named_parameters())
-    names = {id(p): n for n, p in named}
+    """``dE/dW_l = sum_batch v_l z_{l-1}^T`` and ``dE/db_l = sum_batch v_l``: all independent,
+    one batched product per run of equal-shaped layers; keyed like ``model.named_parameters()``."""
+    params = getattr(rec.layers, "params", None) or list(model.named_parameters())
+    ids = {id(p): n for n, p in params}
+    weights, biases = rec.parameters
+    names = ([ids[id(w)] for w in weights], [None if b is None else ids[id(b)] for b in biases])
+    repeated = len(set(names[0])) < len(weights)           # a Linear used twice accumulates
     found: dict[str, torch.Tensor] = {}
-
-    def add(p: torch.Tensor, g: torch.Tensor) -> None:
-        n = names[id(p)]
-        found[n] = g if n not in found else found[n] + g   # a Linear used twice accumulates
-
-    for layer, vl, z_prev in zip(rec.layers, v, rec.zs[:-1]):
-        add(layer.linear.weight, vl.t() @ z_prev)
-        if layer.linear.bias is not None:
-            add(layer.linear.bias, vl.sum(0))
-    return {n: found[n] if n in found else torch.zeros_like(p) for n, p in named}
+    v = list(v)
+    for (a, b), bias in zip(rec.runs, rec.biases):
+        vs = torch.stack(v[a:b])                                   # (g, batch, n_l)
+        if a > 0:                                                  # z_{l-1}: (g, batch, n_{l-1})
+            inputs = rec.rows(rec.outputs, a - 1, b - 1)
+        else:
+            inputs = rec.x.unsqueeze(0)
+            if b > 1:
+                inputs = torch.cat([inputs, rec.rows(rec.outputs, 0, b - 1)])
+        parts = [(names[0][a:b], torch.bmm(vs.mT, inputs).unbind(0))]
+        if bias is not None:
+            parts.append((names[1][a:b], vs.sum(1).unbind(0)))
+        for keys, grads in parts:
+            if not repeated:
+                found.update(zip(keys, grads))
+                continue
+            for n, g in zip(keys, grads):
+                found[n] = g if n not in found else found[n] + g
+    return {n: found[n] if n in found else torch.zeros_like(p) for n, p in params}
 
 
 def linear_forward_system(layers: Sequence[FNNLayer], x: torch.Tensor) -> BlockBidiagonalSystem:
@@ -217,7 +376,9 @@ def linear_forward_system(layers: Sequence[FNNLayer], x: torch.Tensor) -> BlockB
 
 def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
     layers = parse_sequential(model)
-    _check_input(layers, x)
+    weights, biases = _parameters(layers)
+    _check_input(layers, x, weights, biases)
+    _stacked_parameters(weights, biases, _runs_of([(w.shape, b is None) for w, b in zip(weights, biases)]))
     with torch.no_grad():
         if all(layer.is_linear for layer in layers):
             return linear_forward_system(layers, x)
