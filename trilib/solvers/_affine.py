@@ -67,6 +67,23 @@ class AffineRows:
 
     def __init__(self, system: BlockBidiagonalSystem, A: torch.Tensor, c: torch.Tensor):
         self.system, self.A, self.c = system, A, c
+        self._work: dict[str, torch.Tensor] = {}
+
+    def _scratch(self, slot: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """Scratch buffer ``slot`` viewed as ``shape`` ``(m, batch, ...)``: allocated once per
+        solve, for the first step (every method's largest), and reused by the later steps, so a
+        step allocates nothing."""
+        buf = self._work.get(slot)
+        if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:]:
+            buf = self._work[slot] = self.A.new_empty(shape)
+        return buf[:shape[0]]
+
+    def _batched(self, view: torch.Tensor, slot: str) -> torch.Tensor:
+        """The strided view ``(m, batch, ...)`` as one batch ``(m·batch, ...)``: a view of the
+        stack when it happens to be contiguous (steps of stride 1), else a copy in ``slot``."""
+        if not view.is_contiguous():
+            view = self._scratch(slot, view.shape).copy_(view)
+        return view.flatten(0, 1)
 
     def step(self, trace, first: int, stride: int, count: int, dist: int, matrix: bool = True) -> None:
         """One parallel step: scan positions ``p = first + i·stride`` (``i < count``) absorb
@@ -85,14 +102,15 @@ class AffineRows:
         lo, st = min(t0, t0 + (count - 1) * rs), abs(rs)
         hi = lo + (count - 1) * st + 1
         A_t, c_t = self.A[lo:hi:st], self.c[lo:hi:st]
-        m, batch, n = A_t.shape[:3]
-        a_t = A_t.reshape(m * batch, n, n)                     # a copy when the view is strided
-        c_s = self.c[lo + off:hi + off:st].reshape(m * batch, n, 1)
-        update = torch.bmm(a_t, c_s).view(m, batch, n)       # read every operand before writing
+        a_t = self._batched(A_t, "A_t")                          # read every operand before writing
+        update = self._scratch("update", (*c_t.shape, 1))
+        torch.bmm(a_t, self._batched(self.c[lo + off:hi + off:st].unsqueeze(-1), "c_s"),
+                  out=update.flatten(0, 1))
         if matrix:
-            a_s = self.A[lo + off:hi + off:st].reshape(m * batch, n, n)
-            A_t.copy_(torch.bmm(a_t, a_s).view(m, batch, n, n))
-        c_t.add_(update)
+            product = self._scratch("product", A_t.shape)
+            torch.bmm(a_t, self._batched(self.A[lo + off:hi + off:st], "A_s"), out=product.flatten(0, 1))
+            A_t.copy_(product)
+        c_t.add_(update.squeeze(-1))
 
     def solution(self) -> list[torch.Tensor]:
         """The ``k`` blocks ``(batch, n_l)``: views of ``c``, unpadded one run of widths at a time."""
