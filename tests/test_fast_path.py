@@ -237,3 +237,34 @@ def test_parse_lists_named_parameters():
     layers = fnn.parse_sequential(net)
     assert [n for n, _ in layers.params] == [n for n, _ in net.named_parameters()]
     assert [layer.name for layer in layers] == ["0", "1.0", "2", "4", "5"]
+
+
+def test_parse_is_reused_only_while_the_model_is_unchanged():
+    """The parse of a model is kept between calls, keyed by every module and parameter object:
+    in-place optimiser updates reuse it, any change of structure or parameter parses again."""
+    net = trilib.nets.mlp([2, 3, 3, 2], activation="tanh", seed=0, dtype=torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    loss_fn = lambda out: out.pow(3).sum()  # noqa: E731
+
+    def check():
+        ours, ref = trilib.gradients(net, x, loss_fn), autograd_grads(net, x, loss_fn)
+        assert list(ours) == list(ref)
+        assert all(rel(ours[n], ref[n]) <= 1e-12 for n in ref)
+
+    check()
+    assert fnn.parse_sequential(net)[0].linear is net[0]
+    with torch.no_grad():
+        net[0].weight.mul_(2)                                   # an optimiser step
+    check()
+    net[1] = torch.nn.ReLU()                                    # a module replaced
+    check()
+    assert fnn.parse_sequential(net)[0].activations[0] is net[1]
+    net[2].weight = torch.nn.Parameter(torch.randn(3, 3, dtype=torch.float64))   # a parameter
+    check()
+    net[2].bias = None
+    check()
+    net.append(torch.nn.Linear(2, 2, dtype=torch.float64))     # a layer appended
+    check()
+    first = fnn.parse_sequential(net)
+    first.clear()                                               # the caller's copy only
+    assert len(fnn.parse_sequential(net)) == 4

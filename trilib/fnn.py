@@ -9,10 +9,14 @@ Layer ``l`` computes ``y_l = W_l z_{l-1} + b_l`` and ``z_l = f_l(y_l)``. Its err
 
 from __future__ import annotations
 
+import gc
+import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +30,10 @@ __all__ = ["FNNLayer", "FNNLayers", "parse_sequential", "record_forward", "backw
            "forward_system"]
 
 
-@dataclass(frozen=True)
-class FNNLayer:
+class FNNLayer(NamedTuple):
     """One layer ``z = f(W z_prev + b)``: an ``nn.Linear`` and the element-wise modules after it
-    (``name`` is the Linear's path in the model, e.g. ``"3"`` or ``"block.0"``)."""
+    (``name`` is the Linear's path in the model, e.g. ``"3"`` or ``"block.0"``). A named tuple:
+    a deep model has thousands, made on every call."""
 
     linear: nn.Linear
     activations: tuple[nn.Module, ...]
@@ -68,36 +72,69 @@ def _with_derivative(layer: FNNLayer, y: torch.Tensor):
 
 
 class FNNLayers(list):
-    """The list of :class:`FNNLayer` s of a model, with ``params``: every ``(name, parameter)``
-    of the model in the order (and with the names) ``model.named_parameters()`` gives."""
+    """The list of :class:`FNNLayer` s of a model, with what the gradients are keyed by.
+
+    Attributes:
+        params: every ``(name, parameter)`` of the model, in the order and with the names
+            ``model.named_parameters()`` gives.
+        plain: True when ``params`` is exactly every layer's weight and bias, layer by layer
+            (no Linear used twice, no parameter elsewhere): gradients then zip with names.
+    """
 
     params: list[tuple[str, nn.Parameter]]
+    plain: bool
 
 
-def _flatten(model: nn.Module, prefix: str, out: list, params: list, seen: set) -> None:
+def _flatten(model: nn.Module, prefix: str, out: list, params: list, seen: set) -> bool:
     """Leaf modules of nested ``nn.Sequential`` s as ``(path, module)``, and every parameter as
-    ``(name, parameter)`` in the order and with the names of ``model.named_parameters()``."""
+    ``(name, parameter)`` in the order and with the names of ``model.named_parameters()``.
+    Returns True when every parameter is a Linear's own and none is met twice."""
+    plain = True
     for name, p in model._parameters.items():
         if p is not None and id(p) not in seen:
             seen.add(id(p))
             params.append((prefix + name, p))
+            plain = False
     # _modules, not named_children(): a module used twice (shared weights) must appear twice.
     for name, child in model._modules.items():
         if type(child) is nn.Sequential:
-            _flatten(child, f"{prefix}{name}.", out, params, seen)
-        elif child is not None:
-            path = prefix + name
-            out.append((path, child))
-            if child._modules:
-                own = child.named_parameters(prefix=path)
-            elif child._parameters:
-                own = ((f"{path}.{n}", p) for n, p in child._parameters.items() if p is not None)
+            plain = _flatten(child, f"{prefix}{name}.", out, params, seen) and plain
+            continue
+        if child is None:
+            continue
+        path = prefix + name
+        out.append((path, child))
+        if child._modules:                       # a leaf with submodules: not an FNN layer
+            own = child.named_parameters(prefix=path)
+            plain = False
+        elif child._parameters:
+            own = ((f"{path}.{n}", p) for n, p in child._parameters.items() if p is not None)
+            plain = plain and type(child) is nn.Linear
+        else:
+            continue
+        for pname, p in own:
+            if id(p) in seen:
+                plain = False
             else:
-                continue
-            for pname, p in own:
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    params.append((pname, p))
+                seen.add(id(p))
+                params.append((pname, p))
+    return plain
+
+
+@contextmanager
+def _gc_paused():
+    """Pause CPython's cyclic garbage collector while O(k) Python objects are made (parsing k
+    layers, the forward's k activations, 2k gradient views). None of them forms a cycle, but
+    each burst of allocations would otherwise trigger collections, and the survivors a full
+    traversal of the heap (every module and parameter of a deep model): on a 4096-layer MLP
+    that traversal costs as much as the whole backward pass."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def parse_sequential(model: nn.Module) -> FNNLayers:
@@ -111,9 +148,52 @@ def parse_sequential(model: nn.Module) -> FNNLayers:
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"expected an nn.Sequential of nn.Linear and activations, "
                         f"got {type(model).__name__}")
-    modules: list[tuple[str, nn.Module]] = []
-    params: list[tuple[str, nn.Parameter]] = []
-    _flatten(model, "", modules, params, set())
+    with _gc_paused():
+        objects: list = []
+        sizes: list[int] = []
+        _structure(model, objects, sizes)
+        key = (list(map(id, objects)), sizes)   # identities stay unique: the cache keeps them
+        cached = _PARSED.get(model)
+        if cached is None or cached[0] != key:
+            modules: list[tuple[str, nn.Module]] = []
+            params: list[tuple[str, nn.Parameter]] = []
+            plain = _flatten(model, "", modules, params, set())
+            layers = _layers(modules)
+            layers.params, layers.plain = params, plain
+            cached = _PARSED[model] = (key, layers, objects)
+        out = FNNLayers(cached[1])              # a copy: the caller may change its list
+        out.params, out.plain = cached[1].params, cached[1].plain
+    return out
+
+
+# model -> (its structure, its parse): parsing a deep model walks thousands of modules and names
+# every parameter; the structure is re-read on every call (every module and parameter object,
+# compared by identity), so a model changed in any way is parsed again.
+_PARSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module, objects: list, sizes: list) -> None:
+    """Everything a parse depends on, in order: the modules of the nested ``nn.Sequential`` s,
+    their names, the parameter objects of each (all compared by identity, not by value: the
+    optimiser's in-place updates do not change a parse) and the widths of every Linear."""
+    objects.append(model)
+    objects.extend(chain.from_iterable(model._parameters.items()))
+    for name, child in model._modules.items():
+        objects.append(name)
+        if type(child) is nn.Sequential:
+            _structure(child, objects, sizes)
+            continue
+        objects.append(child)
+        if child is None:
+            continue
+        objects.extend(chain.from_iterable(child._parameters.items()))
+        if child._modules:
+            objects.extend(chain.from_iterable(child.named_parameters()))
+        if type(child) is nn.Linear:
+            sizes += (child.in_features, child.out_features)
+
+
+def _layers(modules: list[tuple[str, nn.Module]]) -> FNNLayers:
     layers: list[list] = []
     last = None
     for name, module in modules:
@@ -139,13 +219,13 @@ def parse_sequential(model: nn.Module) -> FNNLayers:
                 "in evaluation).")
     if not layers:
         raise ValueError("the model has no nn.Linear layer; an FNN system needs k >= 1 layers")
-    out = FNNLayers(FNNLayer(lin, tuple(acts), name) for lin, acts, name in layers)
-    out.params = params
-    return out
+    return FNNLayers(FNNLayer(lin, tuple(acts), name) for lin, acts, name in layers)
 
 
 def _parameters(layers: Sequence[FNNLayer]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    return [layer.linear.weight for layer in layers], [layer.linear.bias for layer in layers]
+    # straight from the Linear's parameter dict: Module.__getattr__ costs a microsecond a call
+    own = [layer.linear._parameters for layer in layers]
+    return [p["weight"] for p in own], [p.get("bias") for p in own]
 
 
 def _check_input(layers: Sequence[FNNLayer], x: torch.Tensor, weights=None, biases=None) -> None:
@@ -182,8 +262,10 @@ def _stacked_parameters(weights, biases, runs) -> tuple[list[torch.Tensor], list
                     check_matches("a parameter", p, weights[0].dtype, weights[0].device,
                                   owner="the first layer's weight")
             raise
+        # a non-finite entry makes its stack's sum non-finite (a finite overflow only costs the
+        # per-parameter check); one synchronisation for the whole model
         stacks = [t for t in chain(w_runs, b_runs) if t is not None]
-        if not torch.stack([torch.isfinite(t).all() for t in stacks]).all():
+        if not torch.stack([t.sum() for t in stacks]).isfinite().all():
             params = [p for p in chain.from_iterable(zip(weights, biases)) if p is not None]
             for i, p in enumerate(params):
                 check_finite(f"parameter {i} of the model", p)
@@ -205,25 +287,39 @@ def _kind(layer: FNNLayer):
     """How a layer's f and f' are computed: ``"linear"`` (f = id), an activation type of
     :data:`_FROM_OUTPUT` (f' from z, for a whole run at once) or ``"autograd"`` (f' per layer)."""
     acts = layer.activations
-    if layer.is_linear:
-        return "linear"
-    if len(acts) == 1 and type(acts[0]) in _FROM_OUTPUT:
-        return type(acts[0])
-    return "autograd"
+    if len(acts) == 1:
+        kind = type(acts[0])
+        return kind if kind in _FROM_OUTPUT else "linear" if kind is nn.Identity else "autograd"
+    return "linear" if layer.is_linear else "autograd"
 
 
-def _functional(layers: Sequence[FNNLayer], kinds: Sequence) -> list[Callable | None]:
-    """Per layer, the function its activation module computes (e.g. ``torch.tanh``), called
-    directly when the module has no hooks; ``None`` where the module itself must be called."""
+def _forward_run(layers: Sequence[FNNLayer], kind, weights, biases, z: torch.Tensor, zs: list,
+                 ds: list) -> torch.Tensor:
+    """The forward pass through a run of layers of one ``kind`` (see :func:`_kind`), appending
+    each ``z_l`` to ``zs`` (and ``f_l'`` to ``ds`` for kind ``"autograd"``): one ``F.linear`` and
+    one activation per layer; an activation without hooks is called as the function it computes
+    (e.g. ``torch.tanh``), sparing the module call."""
     hooks = nn.modules.module
-    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
-        return [None] * len(layers)
-    out = []
-    for layer, kind in zip(layers, kinds):
-        act = layer.activations[0] if isinstance(kind, type) else None
-        hooked = act is None or act._forward_hooks or act._forward_pre_hooks
-        out.append(None if hooked else _FUNCTIONAL[kind])
-    return out
+    direct = (isinstance(kind, type) and not hooks._global_forward_hooks
+              and not hooks._global_forward_pre_hooks
+              and not any(layer.activations[0]._forward_hooks or layer.activations[0]._forward_pre_hooks
+                          for layer in layers))
+    linear, append = F.linear, zs.append
+    if direct:
+        act = _FUNCTIONAL[kind]
+        for w, b in zip(weights, biases):
+            z = act(linear(z, w, b))
+            append(z)
+    elif kind == "autograd":
+        for layer, w, b in zip(layers, weights, biases):
+            z, d = _with_derivative(layer, linear(z, w, b))
+            append(z)
+            ds.append(d)
+    else:
+        for layer, w, b in zip(layers, weights, biases):
+            z = layer.activate(linear(z, w, b))
+            append(z)
+    return z
 
 
 @dataclass
@@ -240,7 +336,6 @@ class FNNRecord:
             (``None`` without bias).
         outputs: per run, ``z_l`` of its layers stacked ``(g, batch, n_l)``.
         derivatives: per run, ``f_l'(y_l)`` stacked like ``outputs``, ``None`` when f = id.
-        parameters: per layer, the ``(weight, bias)`` parameters the forward used.
     """
 
     layers: list[FNNLayer]
@@ -251,7 +346,6 @@ class FNNRecord:
     biases: list[torch.Tensor | None]
     outputs: list[torch.Tensor]
     derivatives: list[torch.Tensor | None]
-    parameters: tuple[list[torch.Tensor], list[torch.Tensor | None]]
 
     def run_of(self, layer: int) -> int:
         return bisect_right([a for a, _ in self.runs], layer) - 1
@@ -275,24 +369,16 @@ def record_forward(layers: Sequence[FNNLayer], x: torch.Tensor) -> FNNRecord:
     runs = _runs_of(keys)
     zs: list[torch.Tensor] = [x]
     w_runs, b_runs = _stacked_parameters(weights, biases, runs)
+    outputs, derivs = [], []
     with torch.no_grad():
-        ds: dict[int, torch.Tensor] = {}
-        acts = _functional(layers, kinds)
         z = x
-        for l, (layer, w, b, kind, act) in enumerate(zip(layers, weights, biases, kinds, acts)):
-            y = F.linear(z, w, b)
-            if act is not None:
-                z = act(y)
-            elif kind == "autograd":
-                z, ds[l] = _with_derivative(layer, y)
-            else:
-                z = layer.activate(y)
-            zs.append(z)
-        outputs = [torch.stack(zs[a + 1:b + 1]) for a, b in runs]
-        derivs = [None if kinds[a] == "linear"
-                  else torch.stack([ds[l] for l in range(a, b)]) if kinds[a] == "autograd"
-                  else _FROM_OUTPUT[kinds[a]](out) for (a, b), out in zip(runs, outputs)]
-    return FNNRecord(layers, x, zs, runs, w_runs, b_runs, outputs, derivs, (weights, biases))
+        for a, b in runs:
+            ds: list[torch.Tensor] = []
+            z = _forward_run(layers[a:b], kinds[a], weights[a:b], biases[a:b], z, zs, ds)
+            outputs.append(torch.stack(zs[a + 1:b + 1]))
+            derivs.append(None if kinds[a] == "linear" else torch.stack(ds) if ds
+                          else _FROM_OUTPUT[kinds[a]](outputs[-1]))
+    return FNNRecord(layers, x, zs, runs, w_runs, b_runs, outputs, derivs)
 
 
 def _runs_of(keys: Sequence) -> list[tuple[int, int]]:
@@ -331,17 +417,25 @@ def backward_system_from_record(rec: FNNRecord, g: torch.Tensor) -> BlockBidiago
     return BlockBidiagonalSystem.from_stacks(mats, scales, rhs, upper=True, symbol="v")
 
 
+def _outer_sums(v: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``sum_batch v z^T`` for stacks ``v`` ``(g, batch, n)`` and ``z`` ``(g, batch, m)``: one
+    ``bmm``. A small batch is zero-padded to 8: ATen multiplies tiny matrices
+    (``batch·n·m < 400``) with a plain loop that is several times slower than its BLAS path."""
+    batch = v.shape[1]
+    if batch < 8 and batch * v.shape[2] * z.shape[2] < 400:
+        v, z = (F.pad(t, (0, 0, 0, 8 - batch)) for t in (v, z))
+    return torch.bmm(v.mT, z)
+
+
 def parameter_gradients(model: nn.Module, rec: FNNRecord,
                         v: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     """``dE/dW_l = sum_batch v_l z_{l-1}^T`` and ``dE/db_l = sum_batch v_l``: all independent,
     one batched product per run of equal-shaped layers; keyed like ``model.named_parameters()``."""
-    params = getattr(rec.layers, "params", None) or list(model.named_parameters())
-    ids = {id(p): n for n, p in params}
-    weights, biases = rec.parameters
-    names = ([ids[id(w)] for w in weights], [None if b is None else ids[id(b)] for b in biases])
-    repeated = len(set(names[0])) < len(weights)           # a Linear used twice accumulates
-    found: dict[str, torch.Tensor] = {}
+    layers = rec.layers
+    if not isinstance(layers, FNNLayers):
+        layers = parse_sequential(model)
     v = list(v)
+    per_run = []                                # (first layer, dW views, db views or None)
     for (a, b), bias in zip(rec.runs, rec.biases):
         vs = torch.stack(v[a:b])                                   # (g, batch, n_l)
         if a > 0:                                                  # z_{l-1}: (g, batch, n_{l-1})
@@ -350,16 +444,21 @@ def parameter_gradients(model: nn.Module, rec: FNNRecord,
             inputs = rec.x.unsqueeze(0)
             if b > 1:
                 inputs = torch.cat([inputs, rec.rows(rec.outputs, 0, b - 1)])
-        parts = [(names[0][a:b], torch.bmm(vs.mT, inputs).unbind(0))]
-        if bias is not None:
-            parts.append((names[1][a:b], vs.sum(1).unbind(0)))
-        for keys, grads in parts:
-            if not repeated:
-                found.update(zip(keys, grads))
-                continue
-            for n, g in zip(keys, grads):
-                found[n] = g if n not in found else found[n] + g
-    return {n: found[n] if n in found else torch.zeros_like(p) for n, p in params}
+        per_run.append((a, _outer_sums(vs, inputs).unbind(0), None if bias is None else vs.sum(1).unbind(0)))
+    if layers.plain:                            # names and gradients in the same order: zip them
+        grads = chain.from_iterable(dw if db is None else chain.from_iterable(zip(dw, db))
+                                    for _, dw, db in per_run)
+        return {name: g for (name, _), g in zip(layers.params, grads)}
+    names = {id(p): n for n, p in layers.params}
+    found: dict[str, torch.Tensor] = {}
+    for a, dw, db in per_run:
+        for layer, gw, gb in zip(layers[a:], dw, db or [None] * len(dw)):
+            own = layer.linear._parameters
+            for p, g in ((own["weight"], gw), (own.get("bias"), gb)):
+                if p is not None:
+                    n = names[id(p)]
+                    found[n] = g if n not in found else found[n] + g   # a Linear used twice accumulates
+    return {n: found[n] if n in found else torch.zeros_like(p) for n, p in layers.params}
 
 
 def linear_forward_system(layers: Sequence[FNNLayer], x: torch.Tensor) -> BlockBidiagonalSystem:
@@ -389,7 +488,13 @@ def backward_problem(model: nn.Sequential, layers: Sequence[FNNLayer], x: torch.
                      loss_fn: Callable) -> BackwardProblem:
     """The :class:`~trilib.systems.BackwardProblem` of an FNN whose ``layers`` were parsed from
     ``model`` by :func:`parse_sequential`."""
-    rec = record_forward(layers, x)
+    with _gc_paused():
+        rec = record_forward(layers, x)
     loss, (g,) = loss_gradients([rec.zs[-1]], loss_fn)
     system = backward_system_from_record(rec, g)
-    return BackwardProblem(system, loss, lambda v: parameter_gradients(model, rec, v))
+
+    def gradients(v: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        with _gc_paused():
+            return parameter_gradients(model, rec, v)
+
+    return BackwardProblem(system, loss, gradients)
