@@ -268,3 +268,19 @@ def test_parse_is_reused_only_while_the_model_is_unchanged():
     first = fnn.parse_sequential(net)
     first.clear()                                               # the caller's copy only
     assert len(fnn.parse_sequential(net)) == 4
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("upper", [True, False])
+def test_first_step_from_the_blocks_factors(scaled, upper):
+    """Blocks n x n shared by the batch: the first step forms its products from M and d; the
+    solutions match the dense triangular solve for every k (odd, even, tiny)."""
+    from conftest import dense_solution
+
+    for k in (1, 2, 3, 5, 8, 13):
+        system = random_system([3] * k, upper, batch=2, shared=True, scaled=scaled, seed=k)
+        assert system.uniform_run is not None or k == 1
+        for method in DIRECT:
+            u = trilib.solve(system, method)
+            for s in range(2):
+                assert rel(torch.cat([t[s] for t in u]), dense_solution(system, s)) < 1e-12, (k, method)

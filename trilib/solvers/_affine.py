@@ -35,11 +35,14 @@ price is wasted work when the widths differ a lot (at most ``(n_max / n_min)^3``
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .._checks import MemoryLimitError, _human, check_memory
 from .._numerics import ceil_log2
 from ..systems import BlockBidiagonalSystem
+from ..systems.bidiagonal import BlockRun
 from ..trace import StridedPairs
 
 __all__ = ["AffineRows", "affine_rows", "doubling_work"]
@@ -56,26 +59,57 @@ def doubling_work(k: int) -> int:
     return k * L - 2**L + 1
 
 
+class _Arena(threading.local):
+    """One flat buffer per thread, reused by every direct solve for its stack ``A`` and its
+    scratch: repeated solves of one size (a training loop, a benchmark) touch warm memory
+    instead of fresh pages from the allocator. Kept only up to :data:`ARENA_BYTES`."""
+
+    buf: torch.Tensor | None = None
+
+
+_ARENA = _Arena()
+#: The most memory (bytes) kept between solves for the stack and scratch of the direct solvers.
+ARENA_BYTES = 64 * 2**20
+
+
 class AffineRows:
     """The padded stack of affine row maps of one system, in block-row order.
 
     Attributes:
-        A: ``(k, batch, n, n)``: ``A[row]`` is the row's coupling block, ``0`` for the row solved
-            first; after a step it is the product of the blocks the row has absorbed.
+        A: ``(k, batch, n, n)``: ``A[row]`` is the product of the coupling blocks the row has
+            absorbed (``0`` for the row solved first). With ``blocks`` given, the original blocks
+            are read from their factors and ``A`` holds only the products steps have formed.
         c: ``(k, batch, n)`` right-hand sides; after a solver finishes, ``c[row] = u_row``.
+        blocks: all coupling blocks as one run ``B = diag(d) M`` with ``M`` shared by the
+            batch (``system.uniform_run``), or ``None``: then ``A`` starts as the blocks.
     """
 
-    def __init__(self, system: BlockBidiagonalSystem, A: torch.Tensor, c: torch.Tensor):
-        self.system, self.A, self.c = system, A, c
+    def __init__(self, system: BlockBidiagonalSystem, n: int, blocks: BlockRun | None):
+        self.system, self.blocks = system, blocks
+        like = system.row_runs[0].rhs
+        arena, _ARENA.buf = _ARENA.buf, None      # taken, not shared: a nested solve gets none
+        usable = arena is not None and arena.dtype == like.dtype and arena.device == like.device
+        self._arena, self._used, self._like = arena if usable else None, 0, like
         self._work: dict[str, torch.Tensor] = {}
+        self.A = self._take((system.k, system.batch_size, n, n))
+        self.c = _rhs_stack(system, n)
+
+    def _take(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Uninitialised memory for ``shape``, from the arena while it lasts."""
+        numel = 1
+        for size in shape:
+            numel *= size
+        self._used += numel
+        if self._arena is not None and self._used <= self._arena.numel():
+            return self._arena[self._used - numel:self._used].view(shape)
+        return self._like.new_empty(shape)
 
     def _scratch(self, slot: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """Scratch buffer ``slot`` viewed as ``shape`` ``(m, batch, ...)``: allocated once per
-        solve, for the first step (every method's largest), and reused by the later steps, so a
-        step allocates nothing."""
+        """Scratch buffer ``slot`` viewed as ``shape`` ``(m, ...)``: taken once per solve, at the
+        first step that needs it (the largest: steps shrink), and reused by the later steps."""
         buf = self._work.get(slot)
         if buf is None or buf.shape[0] < shape[0] or buf.shape[1:] != shape[1:]:
-            buf = self._work[slot] = self.A.new_empty(shape)
+            buf = self._work[slot] = self._take(shape)
         return buf[:shape[0]]
 
     def _batched(self, view: torch.Tensor, slot: str) -> torch.Tensor:
@@ -101,6 +135,9 @@ class AffineRows:
             trace.add_step(StridedPairs(t0, rs, count, off))
         lo, st = min(t0, t0 + (count - 1) * rs), abs(rs)
         hi = lo + (count - 1) * st + 1
+        if self.blocks is not None and dist == 1:
+            self._first_step(lo, hi, st, off, matrix)
+            return
         A_t, c_t = self.A[lo:hi:st], self.c[lo:hi:st]
         a_t = self._batched(A_t, "A_t")                          # read every operand before writing
         update = self._scratch("update", (*c_t.shape, 1))
@@ -112,8 +149,53 @@ class AffineRows:
             A_t.copy_(product)
         c_t.add_(update.squeeze(-1))
 
+    def _first_step(self, lo: int, hi: int, st: int, off: int, matrix: bool) -> None:
+        """A step at distance 1, on the original blocks ``B = diag(d) M`` (``M`` shared by the
+        batch) read from their factors, never formed: the mat-vecs ``d * (M c)`` are one ``bmm``
+        with the samples as columns, the products ``diag(d_t) M_t diag(d_s) M_s`` one ``bmm`` of
+        ``(batch·n) x n`` by ``n x n`` matrices. Every method's first step is such a step and
+        fills ``A`` for its targets, the only rows that later products read; its other steps at
+        distance 1 are mat-vecs on rows that no earlier step changed."""
+        upper, k = self.system.upper, self.system.k
+        M, d = self.blocks.mats, self.blocks.scales
+        shift = 0 if upper else 1                       # row r holds block r - shift
+        m_t = M[lo - shift:hi - shift:st]               # (m, n, n): a strided batch, no copy
+        d_t = None if d is None else d[lo - shift:hi - shift:st]
+        c_t, c_s = self.c[lo:hi:st], self.c[lo + off:hi + off:st]
+        m, batch, n = c_t.shape
+        prod = self._scratch("first_c", (m, n, batch))
+        torch.bmm(m_t, c_s.transpose(1, 2), out=prod)    # every sample at once
+        if matrix:
+            A_t = self.A[lo:hi:st]
+            # the target whose source is the row solved first (it has no block) gets A = 0
+            first, last = int(lo + off - shift < 0), int(hi - 1 + off - shift > k - 2)
+            if first or last:
+                A_t[0 if first else -1].zero_()
+            g = m - first - last
+            if g > 0:
+                sources = slice(lo + st * first + off - shift, hi - st * last + off - shift, st)
+                m_keep, A_keep = m_t[first:m - last], A_t[first:m - last]
+                if d is None:
+                    rows = self._scratch("first_A", (g, n, n))
+                    A_keep.copy_(torch.bmm(m_keep, M[sources], out=rows).unsqueeze(1).expand(g, batch, n, n))
+                else:
+                    cols = self._scratch("first_A", (g, batch, n, n))
+                    torch.mul(m_keep.unsqueeze(1), d[sources].unsqueeze(-2), out=cols)
+                    rows = self._scratch("first_B", (g, batch * n, n))
+                    torch.bmm(cols.view(g, batch * n, n), M[sources], out=rows)
+                    torch.mul(rows.view(g, batch, n, n), d_t[first:m - last].unsqueeze(-1), out=A_keep)
+        if d_t is None:
+            c_t.add_(prod.transpose(1, 2))
+        else:
+            c_t.addcmul_(d_t, prod.transpose(1, 2))
+
     def solution(self) -> list[torch.Tensor]:
-        """The ``k`` blocks ``(batch, n_l)``: views of ``c``, unpadded one run of widths at a time."""
+        """The ``k`` blocks ``(batch, n_l)``: views of ``c``, unpadded one run of widths at a time.
+        The arena is given back, grown to this solve's needs when they fit in ``ARENA_BYTES``."""
+        _ARENA.buf = self._arena
+        if self._arena is None or self._used > self._arena.numel():
+            nbytes = self._used * self._like.element_size()
+            _ARENA.buf = self._like.new_empty(self._used) if nbytes <= ARENA_BYTES else self._arena
         n, out = self.c.shape[-1], []
         for run in self.system.row_runs:
             rows = self.c[run.start:run.stop]
@@ -159,11 +241,17 @@ def affine_rows(system: BlockBidiagonalSystem, method: str, live_products: int,
         raise MemoryLimitError(f"{what} would need about {_human(nbytes)}, above memory_limit = "
                                f"{_human(memory_limit)}. {SUGGESTION}")
 
-    like = system.row_runs[0].rhs
-    padded = any(run.mats.shape[-2:] != (n, n) for run in system.block_runs)
-    A = like.new_zeros(k, batch, n, n) if padded else like.new_empty(k, batch, n, n)
-    if not padded:
+    blocks = system.uniform_run
+    maps = AffineRows(system, n, blocks)
+    A = maps.A
+    if blocks is not None:
+        # no set-up: the first step forms the products it needs from the blocks' factors
         A[k - 1 if system.upper else 0].zero_()   # the row solved first couples to nothing
+        return maps
+    if any(run.mats.shape[-2:] != (n, n) for run in system.block_runs):
+        A.zero_()                                # padded blocks: zeros outside each block
+    else:
+        A[k - 1 if system.upper else 0].zero_()
     shift = 0 if system.upper else 1             # block l sits in block row l + shift
     for run in system.block_runs:                # set-up, not a step: one product per run
         rows, cols = run.mats.shape[-2:]
@@ -171,15 +259,17 @@ def affine_rows(system: BlockBidiagonalSystem, method: str, live_products: int,
         m = run.mats.unsqueeze(1) if run.shared else run.mats
         if run.scales is None:
             dst.copy_(m.expand_as(dst))
-        elif dst.is_contiguous():
-            torch.mul(run.scales.unsqueeze(-1), m, out=dst)
         else:
-            dst.copy_(run.scales.unsqueeze(-1) * m)
+            torch.mul(run.scales.unsqueeze(-1), m, out=dst)
+    return maps
+
+
+def _rhs_stack(system: BlockBidiagonalSystem, n: int) -> torch.Tensor:
+    """The right-hand side as one ``(k, batch, n)`` stack (a copy: the solver writes into it)."""
     runs = system.row_runs
     if len(runs) == 1 and runs[0].width == n:
-        c = runs[0].rhs.clone(memory_format=torch.contiguous_format)
-    else:
-        c = like.new_zeros(k, batch, n)
-        for run in runs:
-            c[run.start:run.stop, :, :run.width] = run.rhs
-    return AffineRows(system, A, c)
+        return runs[0].rhs.clone(memory_format=torch.contiguous_format)
+    c = runs[0].rhs.new_zeros(system.k, system.batch_size, n)
+    for run in runs:
+        c[run.start:run.stop, :, :run.width] = run.rhs
+    return c

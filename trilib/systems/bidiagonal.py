@@ -245,6 +245,21 @@ class BlockBidiagonalSystem(TriangularSystem):
                      for a, b in _runs_of(keys))
 
     @cached_property
+    def uniform_run(self) -> BlockRun | None:
+        """All ``k - 1`` blocks as one run, when they are ``n x n`` matrices shared by the batch
+        and all scaled (or none): adjacent runs concatenated once. ``None`` otherwise (blocks of
+        several widths, per-sample matrices) or when ``k = 1``."""
+        runs = self.block_runs
+        if not runs or len(set(self.block_sizes)) != 1 or not all(run.shared for run in runs):
+            return None
+        if len({run.scales is None for run in runs}) != 1:
+            return None
+        if len(runs) == 1:
+            return runs[0]
+        scales = None if runs[0].scales is None else torch.cat([run.scales for run in runs])
+        return BlockRun(0, self.k - 1, torch.cat([run.mats for run in runs]), scales)
+
+    @cached_property
     def row_runs(self) -> tuple[RowRun, ...]:
         """The right-hand side as runs of rows of one width."""
         if "_row_runs" in self.__dict__:
