@@ -75,7 +75,7 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
                         notes[m] = info["reason"]
                         continue
                     jax_fns = jax_solvers(system)
-                v = torch.from_numpy(np.asarray(jax_fns[m]())).to(device).unbind(0)
+                v = torch.from_numpy(np.array(jax_fns[m]())).to(device).unbind(0)
                 errors[m] = _solution_error(v, problem, names, ref)
                 solves[m] = jax_fns[m]
                 continue
