@@ -49,8 +49,9 @@ def test_cli_writes_results_and_figure(tmp_path, capsys):
     assert "backward time / autograd time" in out and "crossover (mlp_k" in out
     assert "solve time / autograd time" in out and "best direct solve" in out
     assert {r["metric"] for r in data["rows"]} == {"backward", "solve", "step"}
-    steps = {r["method"] for r in data["rows"] if r["metric"] == "step"}
-    assert {"autograd", "sequential"} < steps and len(steps & direct) == 1    # the fastest direct
+    for k in (2, 4):                      # per case: autograd, sequential and the fastest direct
+        steps = {r["method"] for r in data["rows"] if r["metric"] == "step" and r["k"] == k}
+        assert {"autograd", "sequential"} < steps and len(steps & direct) == 1
     assert data["machine"]["torch"] == torch.__version__ and data["machine"]["threads"] >= 1
     assert data["machine"]["recorded"] and data["command"].startswith("python -m trilib.bench")
     if bench.rnn_supported():
