@@ -15,7 +15,7 @@ import torch
 
 from ..solvers import methods as registered_methods
 from .peers import JAX_METHODS, jax_info, limit_jax_threads
-from .report import crossover, save_results, summary, table
+from .report import crossovers, save_results, summary, table
 from .suites import AUTOGRAD, SCAN, rnn_supported, run_mlp, run_rnn
 from .timing import device_name
 
@@ -162,9 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "command": "python -m trilib.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "methods": sorted(set(registered_methods())),
         "notes": notes,
-        "crossover": {"mlp_k": crossover(rows, "mlp", "k"),
-                      "mlp_k_vs_sequential": crossover(rows, "mlp", "k", against="sequential"),
-                      "rnn_tau": crossover(rows, "rnn", "tau")},
+        "crossover": crossovers(rows),
         "rows": rows,
     }
     jax_line = (f"jax {machine['jax']} (jaxlib {machine['jaxlib']})" if machine["jax"]

@@ -13,7 +13,7 @@ from ..solvers import methods as registered_methods
 from .peers import JAX_SCAN, JAX_SEQUENTIAL
 from .suites import AUTOGRAD, SCAN
 
-__all__ = ["DIRECT", "crossover", "table", "summary", "save_results", "load_results"]
+__all__ = ["DIRECT", "crossover", "crossovers", "table", "summary", "save_results", "load_results"]
 
 
 #: The direct parallel methods (the registry's ``"direct"`` family: O(log) steps) and PyTorch's
@@ -23,11 +23,12 @@ DIRECT = (*registered_methods(family="direct"), SCAN)
 
 
 def crossover(rows: Sequence[dict], suite: str = "mlp", size: str = "k",
-              against: str = AUTOGRAD) -> dict:
+              against: str = AUTOGRAD, **fixed) -> dict:
     """The depth (or τ) from which the best parallel method stops losing to ``against``.
 
-    Looks at the ``backward`` rows of the sweep over ``size``; "parallel" means the
-    direct methods in :data:`DIRECT` that were measured.
+    Looks at the ``backward`` rows of the sweep over ``size`` (only those with the sizes in
+    ``fixed``, e.g. ``n=8``: a sweep run at several widths has one crossover per width);
+    "parallel" means the direct methods in :data:`DIRECT` that were measured.
     Returns ``{"size": ..., "crossover": value or None, "largest": the largest size measured,
     "best_ratio": {size: (method, ratio)}}``; ``crossover`` is the
     smallest size from which the best parallel method is at most as slow as ``against`` at
@@ -41,7 +42,8 @@ def crossover(rows: Sequence[dict], suite: str = "mlp", size: str = "k",
         64
     """
     series = [r for r in rows if r["suite"] == suite and r.get("sweep") == size
-              and r["metric"] == "backward" and not math.isnan(r["median_s"])]
+              and r["metric"] == "backward" and not math.isnan(r["median_s"])
+              and all(r[key] == value for key, value in fixed.items())]
     sizes = sorted({r[size] for r in series})
     best: dict[int, tuple[str, float]] = {}
     for s in sizes:
@@ -84,6 +86,28 @@ def table(rows: Sequence[dict], metric: str = "backward") -> str:
                 cells.append(f"{r['ratio']:>19.2f}")
         lines.append(f"{label:<28}" + "".join(cells))
     return "\n".join(lines)
+
+
+def crossovers(rows: Sequence[dict]) -> dict[str, dict]:
+    """Every crossover of a run: the MLP depth sweep against autograd and against sequential,
+    the RNN τ sweep against autograd; one per width and batch when several were swept.
+
+    Example:
+        >>> list(crossovers([]))
+        ['mlp_k', 'mlp_k_vs_sequential', 'rnn_tau']
+    """
+    out = {}
+    for suite, size, against, name in (("mlp", "k", AUTOGRAD, "mlp_k"),
+                                       ("mlp", "k", "sequential", "mlp_k_vs_sequential"),
+                                       ("rnn", "tau", AUTOGRAD, "rnn_tau")):
+        combos = sorted({(r["n"], r["batch"]) for r in rows
+                         if r["suite"] == suite and r.get("sweep") == size})
+        if len(combos) <= 1:
+            out[name] = crossover(rows, suite, size, against)
+            continue
+        for n, batch in combos:
+            out[f"{name} n={n} b={batch}"] = crossover(rows, suite, size, against, n=n, batch=batch)
+    return out
 
 
 def _case_label(r: dict) -> str:

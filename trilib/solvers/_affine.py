@@ -181,8 +181,12 @@ class AffineRows:
                 else:
                     cols = self._scratch("first_A", (g, batch, n, n))
                     torch.mul(m_keep.unsqueeze(1), d[sources].unsqueeze(-2), out=cols)
-                    rows = self._scratch("first_B", (g, batch * n, n))
-                    torch.bmm(cols.view(g, batch * n, n), M[sources], out=rows)
+                    cols = cols.view(g, batch * n, n)
+                    if n <= 16 and batch > 1:   # MKL multiplies these faster transposed
+                        rows = self._scratch("first_B", (g, n, batch * n))
+                        rows = torch.bmm(M[sources].mT, cols.mT, out=rows).mT
+                    else:
+                        rows = torch.bmm(cols, M[sources], out=self._scratch("first_B", (g, batch * n, n)))
                     torch.mul(rows.view(g, batch, n, n), d_t[first:m - last].unsqueeze(-1), out=A_keep)
         if d_t is None:
             c_t.add_(prod.transpose(1, 2))

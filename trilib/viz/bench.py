@@ -74,8 +74,7 @@ def plot_results(result: dict, path: str | Path | None = None):
             ax.set_title(f"{label} {metric}, " + ", ".join(f"{a}={b}" for a, b in shown.items()),
                          fontsize=9)
             if xkey == "k" and metric == "backward":
-                c = crossover([r for r in result["rows"] if r["n"] == fixed.get("n", r["n"])
-                               and r["batch"] == fixed.get("batch", r["batch"])], "mlp", "k")
+                c = crossover(result["rows"], "mlp", "k", n=fixed["n"], batch=fixed["batch"])
                 if c["crossover"] is not None:
                     handles["crossover"] = ax.axvline(c["crossover"], color="red", lw=0.8, ls="--")
     if handles:
