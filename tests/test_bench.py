@@ -1,6 +1,7 @@
-"""The benchmark CLI (tiny sizes), its timer, the associative-scan baseline and the crossover."""
+"""The benchmark CLI (tiny sizes), its timer, the scans it compares with and the crossover."""
 
 import csv
+import importlib.util
 import json
 import math
 
@@ -10,6 +11,11 @@ import torch
 import trilib
 from trilib import bench
 from trilib.viz import bench as vizbench
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
 
 TINY = ["--k", "2,4", "--n", "3", "--batch", "2", "--tau", "3", "--fixed-k", "3", "--fixed-n", "3",
         "--fixed-batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "0"]
@@ -32,22 +38,94 @@ def test_cli_writes_results_and_figure(tmp_path, capsys):
     expected = set(trilib.methods(trilib.backward_system(net, torch.randn(2, 3), lambda o: o.sum())))
     measured = {r["method"] for r in data["rows"] if r["suite"] == "mlp" and r["metric"] == "backward"}
     assert expected | {"autograd", "associative_scan"} == measured
+    solved = {r["method"] for r in data["rows"] if r["suite"] == "mlp" and r["metric"] == "solve"}
+    direct = set(trilib.methods(trilib.BlockBidiagonalSystem, family="direct"))
+    assert direct | {"sequential", "associative_scan", *bench.JAX_METHODS} == solved
     for r in data["rows"]:
         if r["method"] == "autograd" and r["metric"] == "backward":
             assert r["ratio"] == 1.0
-        if not r["note"] and r["metric"] == "backward":
+        if not r["note"] and r["metric"] in ("backward", "solve"):
             assert r["rel_error"] < 1e-3 and r["median_s"] > 0
     assert "backward time / autograd time" in out and "crossover (mlp_k" in out
-    assert {r["metric"] for r in data["rows"]} == {"backward", "step"}
+    assert "solve time / autograd time" in out and "best direct solve" in out
+    assert {r["metric"] for r in data["rows"]} == {"backward", "solve", "step"}
+    for k in (2, 4):                      # per case: autograd, sequential and the fastest direct
+        steps = {r["method"] for r in data["rows"] if r["metric"] == "step" and r["k"] == k}
+        assert {"autograd", "sequential"} < steps and len(steps & direct) == 1
+    assert data["machine"]["torch"] == torch.__version__ and data["machine"]["threads"] >= 1
+    assert data["machine"]["recorded"] and data["command"].startswith("python -m trilib.bench")
     if bench.rnn_supported():
         assert any(r["suite"] == "rnn" for r in data["rows"])
+
+
+def test_sizes_mean_what_they_say(monkeypatch, tmp_path):
+    """--k 64,256 --n 8 runs k = 64, 256 at n = 8 (not at --fixed-n); the default suite keeps its
+    three sweeps; the RNN suite takes the --n given."""
+    from trilib.bench import __main__ as cli
+
+    calls = []
+    record = lambda sizes, sweep: calls.append((*sizes, sweep)) or []  # noqa: E731
+    monkeypatch.setattr(cli, "run_mlp", lambda ks, ns, bs, **kw: record((ks, ns, bs), kw["sweep"]))
+    monkeypatch.setattr(cli, "run_rnn", lambda taus, ns, bs, **kw: record((taus, ns, bs), "tau"))
+    monkeypatch.setattr(cli, "rnn_supported", lambda: True)
+    quiet = ["--out", str(tmp_path), "--figures", ""]
+    cli.main(["--k", "64,256", "--n", "8"] + quiet)
+    assert calls == [([64, 256], [8], [4], "k"), ([16, 64, 256], [8], [4], "tau")]
+    calls.clear()
+    cli.main(["--suite", "mlp", "--k", "256,1024,4096", "--n", "8,16", "--batch", "4"] + quiet)
+    assert calls == [([256, 1024, 4096], [8, 16], [4], "k")]
+    calls.clear()
+    cli.main(["--suite", "mlp", "--n", "8,16", "--fixed-k", "32"] + quiet)
+    assert calls == [([32], [8, 16], [4], "n")]
+    calls.clear()
+    cli.main(["--suite", "mlp", "--fixed-n", "8"] + quiet)             # the default suite
+    assert calls == [([4, 16, 64, 256], [8], [4], "k"), ([64], [8, 16, 64], [4], "n"),
+                     ([64], [8], [1, 4, 32], "batch")]
+    help_text = cli.parser().format_help()
+    assert "--k 64,256 --n 8" in help_text and "every combination" in help_text
+
+
+def test_run_writes_only_where_told(tmp_path, monkeypatch):
+    """--out DIR puts the JSON, CSV and figure in DIR and nowhere else (no figures/ folder)."""
+    monkeypatch.chdir(tmp_path)
+    bench.main(TINY + ["--suite", "mlp", "--methods", "sequential", "--no-step", "--out", "res"])
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(written) == 3 and written[0] == "res/bench_cpu.png"
+    assert [p.rsplit(".", 1)[1] for p in written[1:]] == ["csv", "json"]
+    assert all(p.startswith("res/") for p in written) and not (tmp_path / "figures").exists()
+
+
+def test_jax_absent_is_reported(tmp_path, monkeypatch, capsys):
+    from trilib.bench import __main__ as cli
+    from trilib.bench import suites
+
+    reason = "jax not installed (jax): pip install trilib[bench]"
+    monkeypatch.setattr(suites, "jax_info", lambda: {"jax": None, "reason": reason})
+    monkeypatch.setattr(cli, "jax_info", lambda: {"jax": None, "reason": reason})
+    result = bench.main(TINY + ["--suite", "mlp", "--no-step", "--out", str(tmp_path), "--figures", ""])
+    jax_rows = [r for r in result["rows"] if r["method"] in bench.JAX_METHODS]
+    assert jax_rows and all(r["note"] == reason and math.isnan(r["median_s"]) for r in jax_rows)
+    assert result["machine"]["jax"] is None and reason in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax (pip install trilib[bench])")
+def test_jax_peers_solve_the_same_system():
+    import numpy as np
+
+    from trilib.bench.peers import jax_solvers
+
+    net = trilib.nets.mlp([4] * 9, activation="tanh", seed=0)
+    U = trilib.backward_system(net, torch.randn(3, 4), lambda o: o.square().sum())
+    ref = torch.stack(trilib.solve(U))
+    for name, fn in jax_solvers(U).items():
+        assert rel(torch.from_numpy(np.asarray(fn())), ref) < 1e-5, name
 
 
 def test_cli_method_subset_and_no_step(tmp_path):
     result = bench.main(TINY + ["--suite", "mlp", "--methods", "sequential,associative_scan",
                                 "--no-step", "--out", str(tmp_path), "--figures", ""])
     assert {r["method"] for r in result["rows"]} == {"autograd", "sequential", "associative_scan"}
-    assert {r["metric"] for r in result["rows"]} == {"backward"}
+    assert {r["metric"] for r in result["rows"]} == {"backward", "solve"}
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -153,7 +231,10 @@ def test_table_and_plot_from_recorded_rows(tmp_path):
               "rows": rows}
     jpath, _ = bench.save_results(result, tmp_path)
     fig = vizbench.plot_results(bench.load_results(jpath), tmp_path / "f.png")
-    assert (tmp_path / "f.png").exists() and len(fig.axes) == 1
+    assert (tmp_path / "f.png").exists() and len(fig.axes) == 2       # solve above solve + grads
+    assert [ax.get_title().split(",")[0] for ax in fig.axes] == ["MLP solve", "MLP backward"]
+    assert all("speed-up over autograd" in ax.get_ylabel() and "> 1 faster" in ax.get_ylabel()
+               for ax in fig.axes)
     assert all(math.isfinite(r["median_s"]) for r in rows)
 
 
@@ -163,9 +244,12 @@ def test_recorded_figure(tmp_path):
     rows = bench.run_mlp([2], [3], [1], repeats=1, warmup=0, methods=["sequential"], step=False)
     bench.save_results({"machine": {"name": "t", "device": "cpu", "torch": "x", "stem": "cpu-t"},
                         "rows": rows}, tmp_path)
-    assert len(vizbench.recorded_figure("cpu", tmp_path).axes) == 1
+    assert "t (cpu)" in vizbench.recorded_figure("cpu", tmp_path)._suptitle.get_text()
     with pytest.raises(FileNotFoundError, match="no recorded cpu results tagged 'deep'"):
         vizbench.recorded_figure("cpu", tmp_path, tag="deep")
-    bench.save_results({"machine": {"name": "t", "device": "cpu", "torch": "x", "stem": "cpu-t-deep"},
-                        "rows": rows}, tmp_path)
-    assert len(vizbench.recorded_figure("cpu", tmp_path, tag="deep").axes) == 1
+    for name, when in (("old", "2020-01-01T00:00:00+00:00"), ("new", "2026-01-01T00:00:00+00:00"),
+                       ("a-older", "2019-01-01T00:00:00+00:00")):
+        bench.save_results({"machine": {"name": name, "device": "cpu", "torch": "x", "recorded": when,
+                                        "stem": f"cpu-{name}-deep"}, "rows": rows}, tmp_path)
+    # several machines recorded: the newest recording is drawn, and its title names the machine
+    assert vizbench.recorded_figure("cpu", tmp_path, tag="deep")._suptitle.get_text().startswith("new (cpu")

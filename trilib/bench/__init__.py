@@ -6,16 +6,20 @@ batch) and single-layer RNNs (sweep over τ), the **backward** pass of
 * ``autograd``: ``torch.autograd.grad`` through ``nn.Sequential`` / ``nn.RNN`` (cuDNN on GPU),
   on a forward graph recorded once (``retain_graph=True``);
 * every method that ``trilib.methods(system)`` reports at run time: a solve of the backward
-  system plus the parameter gradients, on a system built once;
-* ``associative_scan``: PyTorch's own ``torch._higher_order_ops.associative_scan``
-  (``combine_mode="generic"``) over the affine maps ``(B_l, r_l)`` (docs/theory.md §5), where the
-  system is block bi-diagonal with equal widths;
+  system plus the parameter gradients (metric ``backward``), and for substitution and the
+  direct methods the solve alone (metric ``solve``), on a system built once;
+* the same blocks through other libraries' scans, where the system is block bi-diagonal with
+  equal widths: ``associative_scan``, PyTorch's own ``torch._higher_order_ops.associative_scan``
+  (``combine_mode="generic"``) over the affine maps ``(B_l, r_l)`` (docs/theory.md §5), and,
+  when JAX is installed (``pip install trilib[bench]``), ``jax.associative_scan`` and
+  ``jax.scan``, jitted and timed after compilation (metric ``solve``);
 
 and the whole training **step** (forward + backward, from ``x`` to every ``p.grad``) of
-autograd against ``trilib.backward(..., method="sequential")``. Measurements are interleaved
-(one call of each method per round, so a noisy shared machine slows all of them alike), come
-after a warm-up, and are summarised by medians; ratios are against autograd measured in the
-same run. On CUDA the timer is a pair of CUDA events after ``torch.cuda.synchronize()``.
+autograd against ``trilib.backward(...)`` with ``"sequential"`` and with the fastest direct
+method of the case. Measurements are interleaved (one call of each method per round, so a noisy
+shared machine slows all of them alike), come after a warm-up, and are summarised by medians;
+ratios are against autograd's backward (or step) measured in the same run. On CUDA the timer is
+a pair of CUDA events after ``torch.cuda.synchronize()``.
 
 Example:
     >>> from trilib import bench
@@ -24,13 +28,15 @@ Example:
     ['autograd', 'sequential']
 """
 
+from .peers import JAX_METHODS, associative_scan_solve, jax_info
 from .report import DIRECT, crossover, load_results, save_results, table
-from .suites import AUTOGRAD, SCAN, associative_scan_solve, rnn_supported, run_mlp, run_rnn
+from .suites import AUTOGRAD, SCAN, rnn_supported, run_mlp, run_rnn
 from .timing import device_name, measure, median_times
 
 __all__ = [
-    "AUTOGRAD", "DIRECT", "SCAN", "associative_scan_solve", "crossover", "device_name", "load_results",
-    "main", "measure", "median_times", "rnn_supported", "run_mlp", "run_rnn", "save_results", "table",
+    "AUTOGRAD", "DIRECT", "JAX_METHODS", "SCAN", "associative_scan_solve", "crossover", "device_name",
+    "jax_info", "load_results", "main", "measure", "median_times", "rnn_supported", "run_mlp", "run_rnn",
+    "save_results", "table",
 ]
 
 

@@ -8,12 +8,14 @@ import platform
 import re
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from ..solvers import methods as registered_methods
-from .report import crossover, save_results, table
+from .peers import JAX_METHODS, jax_info, limit_jax_threads
+from .report import crossovers, save_results, summary, table
 from .suites import AUTOGRAD, SCAN, rnn_supported, run_mlp, run_rnn
 from .timing import device_name
 
@@ -34,32 +36,81 @@ def _ints(text: str) -> list[int]:
     return vals
 
 
+DESCRIPTION = ("Time backward propagation: torch autograd against every trilib method, and the "
+               "scans of PyTorch and JAX on the same blocks, side by side in one run.")
+SIZES = """sizes:
+  Without --k, --n or --batch the default suite runs three MLP sweeps: depth k = 4,16,64,256 at
+  width --fixed-n and batch --fixed-batch; width n = 8,16,64 at depth --fixed-k; batch = 1,4,32
+  at --fixed-k and --fixed-n (and RNNs over --tau at --fixed-n, --fixed-batch).
+  With any of --k, --n, --batch, the MLP suite runs every combination of the values given, and a
+  size not given is held at its --fixed-* value: `--k 64,256 --n 8` runs k = 64 and 256 at
+  n = 8 (batch --fixed-batch); `--k 256,1024,4096 --n 8,16 --batch 4` runs the three depths at
+  both widths. RNNs run every --tau at the --n and --batch values given (else the fixed ones).
+
+output:
+  The JSON/CSV go to --out; the figure goes to --out too unless --figures names another folder
+  (--figures '' draws none). Nothing else is written.
+"""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trilib.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--suite", default="mlp,rnn", help="comma-separated: mlp, rnn")
-    p.add_argument("--k", type=_ints, default=[4, 16, 64, 256], help="MLP depths of the k sweep")
-    p.add_argument("--n", type=_ints, default=[8, 16, 64], help="MLP widths of the n sweep")
-    p.add_argument("--batch", type=_ints, default=[1, 4, 32], help="batch sizes of the batch sweep")
-    p.add_argument("--tau", type=_ints, default=[16, 64, 256], help="RNN sequence lengths")
-    p.add_argument("--fixed-k", type=int, default=64, help="k held fixed in the n and batch sweeps")
-    p.add_argument("--fixed-n", type=int, default=16, help="n held fixed in the k, batch, τ sweeps")
-    p.add_argument("--fixed-batch", type=int, default=4, help="batch held fixed in the k, n, τ sweeps")
+    p = argparse.ArgumentParser(prog="python -m trilib.bench", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SIZES)
+    p.add_argument("--suite", default="mlp,rnn", help="comma-separated: mlp, rnn (default: %(default)s)")
+    p.add_argument("--k", type=_ints, default=None, help="MLP depths (see 'sizes' below)")
+    p.add_argument("--n", type=_ints, default=None, help="MLP and RNN widths (see 'sizes' below)")
+    p.add_argument("--batch", type=_ints, default=None, help="batch sizes (see 'sizes' below)")
+    p.add_argument("--tau", type=_ints, default=[16, 64, 256],
+                   help="RNN sequence lengths (default: 16,64,256)")
+    p.add_argument("--fixed-k", type=int, default=64,
+                   help="depth where k is not swept (default: %(default)s)")
+    p.add_argument("--fixed-n", type=int, default=16,
+                   help="width where n is not swept (default: %(default)s)")
+    p.add_argument("--fixed-batch", type=int, default=4,
+                   help="batch where the batch is not swept (default: %(default)s)")
     p.add_argument("--methods", default=None,
-                   help="comma-separated trilib methods and/or associative_scan (default: all "
-                        "that trilib.methods(system) reports, plus associative_scan)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+                   help="comma-separated trilib methods and/or peers (associative_scan, "
+                        "jax.associative_scan, jax.scan); default: all that trilib.methods(system) "
+                        "reports, plus the peers")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=9, help="timed rounds (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch.set_num_threads on CPU (0 = torch's default); 1 keeps timings "
-                        "stable on a small shared machine")
-    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON/CSV")
-    p.add_argument("--figures", default="figures", help="folder for bench_<device>.png ('' = none)")
+                   help="torch.set_num_threads on CPU, and one XLA thread per op for JAX when 1 (0 = the "
+                        "libraries' defaults); 1 keeps timings stable on a small shared machine "
+                        "(default: %(default)s)")
+    p.add_argument("--out", default="benchmarks/results",
+                   help="folder for the JSON/CSV, and for the figure unless --figures is given "
+                        "(default: %(default)s)")
+    p.add_argument("--figures", default=None,
+                   help="folder for bench_<device>[_tag].png (default: the --out folder; '' = no figure)")
     p.add_argument("--tag", default="", help="suffix of the result file names (e.g. 'deep')")
     p.add_argument("--no-step", action="store_true", help="skip the forward+backward step timing")
     return p
+
+
+def _mlp_rows(args, common: dict) -> list[dict]:
+    fk, fn, fb = args.fixed_k, args.fixed_n, args.fixed_batch
+    step = not args.no_step
+    if args.k is None and args.n is None and args.batch is None:       # the default suite
+        return (run_mlp([4, 16, 64, 256], [fn], [fb], sweep="k", step=step, **common)
+                + run_mlp([fk], [8, 16, 64], [fb], sweep="n", step=False, **common)
+                + run_mlp([fk], [fn], [1, 4, 32], sweep="batch", step=False, **common))
+    ks, ns, bs = args.k or [fk], args.n or [fn], args.batch or [fb]
+    sweep = next((name for name, vals in (("k", ks), ("n", ns), ("batch", bs)) if len(vals) > 1), "k")
+    return run_mlp(ks, ns, bs, sweep=sweep, step=step, **common)
+
+
+def _machine(device: torch.device, name: str, stem: str) -> dict:
+    jax = jax_info()
+    return {"device": device.type, "name": name, "stem": stem, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "jax": jax["jax"], "jaxlib": jax.get("jaxlib"), "xla_flags": jax.get("xla_flags"),
+            "jax_reason": jax.get("reason"),
+            "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -71,14 +122,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn")
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
+    if min(args.fixed_k, args.fixed_n, args.fixed_batch) < 1:
+        raise SystemExit("--fixed-k, --fixed-n and --fixed-batch must be positive")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here")
     if args.threads and device.type == "cpu":
         torch.set_num_threads(args.threads)
+    if args.threads == 1:
+        limit_jax_threads()
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     if methods:
-        known = set(registered_methods()) | {SCAN, AUTOGRAD}
+        known = set(registered_methods()) | {SCAN, AUTOGRAD, *JAX_METHODS}
         unknown = [m for m in methods if m not in known]
         if unknown:
             raise SystemExit(f"--methods: unknown {unknown}; valid: {', '.join(sorted(known))}")
@@ -86,38 +141,41 @@ def main(argv: Sequence[str] | None = None) -> dict:
     say = lambda line: print(f"  {line}", file=sys.stderr, flush=True)  # noqa: E731
     common = dict(methods=methods, device=device, dtype=dtype, repeats=args.repeats,
                   warmup=args.warmup, progress=say)
-    fk, fn, fb = args.fixed_k, args.fixed_n, args.fixed_batch
     rows: list[dict] = []
     notes = []
     if "mlp" in suites:
-        rows += run_mlp(args.k, [fn], [fb], sweep="k", step=not args.no_step, **common)
-        rows += run_mlp([fk], args.n, [fb], sweep="n", step=False, **common)
-        rows += run_mlp([fk], [fn], args.batch, sweep="batch", step=False, **common)
+        rows += _mlp_rows(args, common)
     if "rnn" in suites:
         if rnn_supported():
-            rows += run_rnn(args.tau, [fn], [fb], sweep="tau", **common)
+            rows += run_rnn(args.tau, args.n or [args.fixed_n], args.batch or [args.fixed_batch],
+                            sweep="tau", **common)
         else:
             notes.append("rnn: trilib cannot build nn.RNN systems yet; suite skipped")
     name = device_name(device)
     stem = f"{device.type}-{_slug(name)}" + (f"-{_slug(args.tag)}" if args.tag else "")
+    machine = _machine(device, name, stem)
+    if machine["jax"] is None:
+        notes.append(machine["jax_reason"])
     result = {
-        "machine": {"device": device.type, "name": name, "stem": stem, "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine,
         "config": {k: v for k, v in vars(args).items()},
+        "command": "python -m trilib.bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "methods": sorted(set(registered_methods())),
         "notes": notes,
-        "crossover": {"mlp_k": crossover(rows, "mlp", "k"),
-                      "mlp_k_vs_sequential": crossover(rows, "mlp", "k", against="sequential"),
-                      "rnn_tau": crossover(rows, "rnn", "tau")},
+        "crossover": crossovers(rows),
         "rows": rows,
     }
-    print(f"machine: {name} ({device.type}), torch {torch.__version__}, "
+    jax_line = (f"jax {machine['jax']} (jaxlib {machine['jaxlib']})" if machine["jax"]
+                else "no jax")
+    print(f"machine: {name} ({device.type}), torch {torch.__version__}, {jax_line}, "
           f"{torch.get_num_threads()} threads, {args.dtype}")
-    print(table(rows, "backward"))
-    if any(r["metric"] == "step" for r in rows):
-        print()
-        print(table(rows, "step"))
+    for metric in ("backward", "solve", "step"):
+        if any(r["metric"] == metric for r in rows):
+            print()
+            print(table(rows, metric))
+    print()
+    for line in summary(rows):
+        print(line)
     for key, c in result["crossover"].items():
         if c["largest"] is None:
             continue
@@ -128,13 +186,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"note: {note}")
     for r in rows:
         if r["note"]:
-            print(f"skipped {r['method']} at {r['suite']} k={r['k']} n={r['n']} b={r['batch']} "
-                  f"tau={r['tau']}: {r['note']}")
+            print(f"skipped {r['method']} ({r['metric']}) at {r['suite']} k={r['k']} n={r['n']} "
+                  f"b={r['batch']} tau={r['tau']}: {r['note']}")
     jpath, cpath = save_results(result, args.out)
     print(f"wrote {jpath} and {cpath}")
-    if args.figures:
-        fpath = Path(args.figures) / (f"bench_{device.type}" + (f"_{_slug(args.tag)}" if args.tag else "")
-                                      + ".png")
+    figures = args.out if args.figures is None else args.figures
+    if figures:
+        fpath = Path(figures) / (f"bench_{device.type}" + (f"_{_slug(args.tag)}" if args.tag else "")
+                                 + ".png")
         from ..viz.bench import plot_results
 
         plot_results(result, fpath)

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..solvers import methods as registered_methods
+from .peers import JAX_SCAN, JAX_SEQUENTIAL
 from .suites import AUTOGRAD, SCAN
 
-__all__ = ["DIRECT", "crossover", "table", "save_results", "load_results"]
+__all__ = ["DIRECT", "crossover", "crossovers", "table", "summary", "save_results", "load_results"]
 
 
 #: The direct parallel methods (the registry's ``"direct"`` family: O(log) steps) and PyTorch's
@@ -22,11 +23,12 @@ DIRECT = (*registered_methods(family="direct"), SCAN)
 
 
 def crossover(rows: Sequence[dict], suite: str = "mlp", size: str = "k",
-              against: str = AUTOGRAD) -> dict:
+              against: str = AUTOGRAD, **fixed) -> dict:
     """The depth (or τ) from which the best parallel method stops losing to ``against``.
 
-    Looks at the ``backward`` rows of the sweep over ``size``; "parallel" means the
-    direct methods in :data:`DIRECT` that were measured.
+    Looks at the ``backward`` rows of the sweep over ``size`` (only those with the sizes in
+    ``fixed``, e.g. ``n=8``: a sweep run at several widths has one crossover per width);
+    "parallel" means the direct methods in :data:`DIRECT` that were measured.
     Returns ``{"size": ..., "crossover": value or None, "largest": the largest size measured,
     "best_ratio": {size: (method, ratio)}}``; ``crossover`` is the
     smallest size from which the best parallel method is at most as slow as ``against`` at
@@ -40,7 +42,8 @@ def crossover(rows: Sequence[dict], suite: str = "mlp", size: str = "k",
         64
     """
     series = [r for r in rows if r["suite"] == suite and r.get("sweep") == size
-              and r["metric"] == "backward" and not math.isnan(r["median_s"])]
+              and r["metric"] == "backward" and not math.isnan(r["median_s"])
+              and all(r[key] == value for key, value in fixed.items())]
     sizes = sorted({r[size] for r in series})
     best: dict[int, tuple[str, float]] = {}
     for s in sizes:
@@ -83,6 +86,70 @@ def table(rows: Sequence[dict], metric: str = "backward") -> str:
                 cells.append(f"{r['ratio']:>19.2f}")
         lines.append(f"{label:<28}" + "".join(cells))
     return "\n".join(lines)
+
+
+def crossovers(rows: Sequence[dict]) -> dict[str, dict]:
+    """Every crossover of a run: the MLP depth sweep against autograd and against sequential,
+    the RNN τ sweep against autograd; one per width and batch when several were swept.
+
+    Example:
+        >>> list(crossovers([]))
+        ['mlp_k', 'mlp_k_vs_sequential', 'rnn_tau']
+    """
+    out = {}
+    for suite, size, against, name in (("mlp", "k", AUTOGRAD, "mlp_k"),
+                                       ("mlp", "k", "sequential", "mlp_k_vs_sequential"),
+                                       ("rnn", "tau", AUTOGRAD, "rnn_tau")):
+        combos = sorted({(r["n"], r["batch"]) for r in rows
+                         if r["suite"] == suite and r.get("sweep") == size})
+        if len(combos) <= 1:
+            out[name] = crossover(rows, suite, size, against)
+            continue
+        for n, batch in combos:
+            out[f"{name} n={n} b={batch}"] = crossover(rows, suite, size, against, n=n, batch=batch)
+    return out
+
+
+def _case_label(r: dict) -> str:
+    tau = f" tau={r['tau']}" if r["suite"] == "rnn" else ""
+    return f"{r['suite']} k={r['k']} n={r['n']} b={r['batch']}{tau}"
+
+
+def summary(rows: Sequence[dict]) -> list[str]:
+    """One line per case that has direct-method solves: the best direct solve's speed-up over
+    autograd's backward (alone and with the parameter gradients), its time against JAX's scans
+    when they were measured, and the training steps against autograd's.
+
+    Example:
+        >>> rows = [dict(suite="mlp", k=8, n=2, batch=1, tau=0, metric=m, method=x, median_s=t, note="")
+        ...         for m, x, t in [("backward", "autograd", 4.0), ("solve", "blelloch", 0.5),
+        ...                         ("backward", "blelloch", 1.0)]]
+        >>> print(summary(rows)[0])
+        mlp k=8 n=2 b=1: best direct solve blelloch 8.0x faster than autograd (with parameter gradients 4.0x)
+    """
+    ok = [r for r in rows if r["note"] == "" and not math.isnan(r["median_s"])]
+    lines = []
+    for key in dict.fromkeys((r["suite"], r["k"], r["n"], r["batch"], r["tau"]) for r in ok):
+        at = {(r["metric"], r["method"]): r["median_s"] for r in ok
+              if (r["suite"], r["k"], r["n"], r["batch"], r["tau"]) == key}
+        base = at.get(("backward", AUTOGRAD))
+        direct = {m: t for (metric, m), t in at.items() if metric == "solve" and m in DIRECT and m != SCAN}
+        if base is None or not direct:
+            continue
+        best = min(direct, key=direct.get)
+        line = f"{_case_label(dict(zip(('suite', 'k', 'n', 'batch', 'tau'), key)))}: best direct solve " \
+               f"{best} {base / direct[best]:.1f}x faster than autograd"
+        if ("backward", best) in at:
+            line += f" (with parameter gradients {base / at[('backward', best)]:.1f}x)"
+        for peer in (JAX_SCAN, JAX_SEQUENTIAL):
+            if ("solve", peer) in at:
+                line += f"; {direct[best] / at[('solve', peer)]:.2f}x the time of {peer}"
+        step = {m: t for (metric, m), t in at.items() if metric == "step"}
+        if AUTOGRAD in step:
+            line += "; step / autograd step: " + ", ".join(
+                f"{m} {t / step[AUTOGRAD]:.2f}" for m, t in step.items() if m != AUTOGRAD)
+        lines.append(line)
+    return lines
 
 
 def save_results(result: dict, out_dir: str | Path) -> tuple[Path, Path]:

@@ -1,20 +1,21 @@
 """The benchmark cases: deep narrow MLPs and RNNs, every trilib method against torch autograd
-(and PyTorch's own ``associative_scan``) on the same model, measured side by side."""
+(and the scans of PyTorch and JAX) on the same model, measured side by side."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from .. import nets
 from .._numerics import rel_error
 from ..api import backward_problem
+from ..solvers import families, solve
 from ..solvers import methods as registered_methods
-from ..solvers import solve
-from ..systems import BlockBidiagonalSystem
+from .peers import JAX_METHODS, associative_scan_solve, jax_info, jax_solvers, scan_applies
 from .timing import measure
 
 __all__ = ["AUTOGRAD", "SCAN", "associative_scan_solve", "run_mlp", "run_rnn", "rnn_supported"]
@@ -23,118 +24,113 @@ AUTOGRAD = "autograd"
 SCAN = "associative_scan"
 
 
-def associative_scan_solve(system: BlockBidiagonalSystem) -> list[torch.Tensor]:
-    """Solve an upper block bi-diagonal system with ``torch._higher_order_ops.associative_scan``.
+def _row(params: dict, metric: str, method: str, times: list[float] | None, base: float,
+         error: float = float("nan"), steps: int = -1, note: str = "") -> dict:
+    nan = float("nan")
+    med = statistics.median(times) if times else nan
+    return dict(params, metric=metric, method=method, median_s=med, min_s=min(times) if times else nan,
+                ratio=med / base, speedup=base / med, rel_error=error, steps=steps, note=note)
 
-    Row ``l`` is the affine map ``v_l = B_l v_{l+1} + r_l``; composing two rows,
-    ``(A, c) ∘ (A', c') = (A A', c + A c')``, is associative (docs/theory.md §5), so a reverse
-    inclusive scan of the pairs ``(B_l, r_l)`` (with ``B_k = 0``) yields every ``v_l``.
 
-    Args:
-        system: an upper :class:`~trilib.systems.BlockBidiagonalSystem` whose blocks all have
-            the same width n (a deep narrow MLP).
-
-    Returns:
-        The ``k`` blocks ``v_l``, each ``(batch, n)``.
-
-    Example:
-        >>> import torch, trilib
-        >>> net = trilib.nets.mlp([3, 4, 4, 4], seed=0, dtype=torch.float64)
-        >>> U = trilib.backward_system(net, torch.randn(2, 3, dtype=torch.float64), lambda o: o.sum())
-        >>> v = associative_scan_solve(U)
-        >>> all(torch.allclose(a, b) for a, b in zip(v, trilib.solve(U)))
-        True
-    """
-    from torch._higher_order_ops import associative_scan
-
-    if not isinstance(system, BlockBidiagonalSystem) or not system.upper:
-        raise TypeError(f"system must be an upper BlockBidiagonalSystem, got {system!r}")
-    if len(set(system.block_sizes)) != 1:
-        raise ValueError(f"associative_scan needs equal block widths, got {system.block_sizes}")
-    n, k = system.block_sizes[0], system.k
-    last = torch.zeros(system.batch_size, n, n, dtype=system.dtype, device=system.device)
-    a = torch.stack([*system.blocks(), last])           # (k, batch, n, n); B_k = 0
-    c = torch.stack(system.rhs)                         # (k, batch, n)
-
-    def combine(later, earlier):
-        # In a reverse scan the first argument is the row further down (larger l).
-        a2, c2 = later
-        a1, c1 = earlier
-        return a1 @ a2, c1 + (a1 @ c2.unsqueeze(-1)).squeeze(-1)
-
-    _, v = associative_scan(combine, (a, c), dim=0, reverse=True, combine_mode="generic")
-    return list(v.unbind(0)) if k else []
+def _solution_error(v, problem, names, ref) -> float:
+    grads = problem.parameter_gradients(v)
+    return rel_error([grads[n] for n in names], ref)
 
 
 def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequence[str] | None,
           repeats: int, warmup: int, params: dict, step: bool) -> list[dict]:
-    """Time autograd and the trilib methods on one model; rows for the result table."""
+    """Time autograd, the trilib methods and the peers on one model; rows for the result table.
+
+    Metrics, all timed in ONE interleaved measurement (ratios against autograd's backward):
+    ``backward`` (a solve of the prebuilt system plus the parameter gradients; autograd's
+    ``torch.autograd.grad`` on a retained graph) and ``solve`` (the solve alone, for
+    substitution, the direct methods and the scans, JAX's included). With ``step``, a second
+    measurement times the training step (forward + backward to every ``p.grad``) of autograd,
+    sequential and the fastest direct method of this case.
+    """
     device = x.device
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     plist = [p for _, p in model.named_parameters() if p.requires_grad]
     out = loss_fn(model(x))
     ref = torch.autograd.grad(out, plist, retain_graph=True)
     problem = backward_problem(model, x, loss_fn)
-    available = list(registered_methods(problem.system))
-    if methods is None:
-        scan_applies = (isinstance(problem.system, BlockBidiagonalSystem) and problem.system.upper
-                        and len(set(problem.system.block_sizes)) == 1)
-        chosen = available + ([SCAN] if scan_applies else [])
-    else:
-        chosen = [m for m in methods if m != AUTOGRAD]
+    system = problem.system
+    available = list(registered_methods(system))
+    scans = [SCAN, *JAX_METHODS] if scan_applies(system) else []
+    chosen = available + scans if methods is None else [m for m in methods if m != AUTOGRAD]
     fns: dict[str, Callable] = {AUTOGRAD: lambda: torch.autograd.grad(out, plist, retain_graph=True)}
+    solves: dict[str, Callable] = {}
     notes: dict[str, str] = {}
     errors: dict[str, float] = {}
-    steps: dict[str, int] = {AUTOGRAD: problem.system.k * max(params["tau"], 1)}
+    steps: dict[str, int] = {AUTOGRAD: system.k * max(params["tau"], 1)}
+    jax_fns: dict[str, Callable] | None = None
     for m in chosen:
-        if m == SCAN:
-            fn = (lambda: problem.parameter_gradients(associative_scan_solve(problem.system)))
-        elif m in available:
-            fn = (lambda m=m: problem.parameter_gradients(solve(problem.system, method=m)))
-        else:
-            notes[m] = f"not available for {type(problem.system).__name__}"
-            continue
         try:                                   # skip what cannot run here, say why
-            grads = fn()
-            errors[m] = rel_error([grads[n] for n in names], ref)
-            if m != SCAN:
-                steps[m] = solve(problem.system, method=m, return_trace=True)[1].steps
+            if m in JAX_METHODS:
+                if not scan_applies(system):
+                    raise ValueError("JAX scans need an upper block bi-diagonal system of one width")
+                if jax_fns is None:
+                    info = jax_info()
+                    if info["jax"] is None:
+                        notes[m] = info["reason"]
+                        continue
+                    jax_fns = jax_solvers(system)
+                v = torch.from_numpy(np.array(jax_fns[m]())).to(device).unbind(0)
+                errors[m] = _solution_error(v, problem, names, ref)
+                solves[m] = jax_fns[m]
+                continue
+            if m == SCAN:
+                solver = lambda: associative_scan_solve(system)  # noqa: E731
+            elif m in available:
+                solver = lambda m=m: solve(system, method=m)     # noqa: E731
+                steps[m] = solve(system, method=m, return_trace=True)[1].steps
+            else:
+                notes[m] = f"not available for {type(system).__name__}"
+                continue
+            errors[m] = _solution_error(solver(), problem, names, ref)
         except Exception as exc:               # noqa: BLE001 -- reported in the table
             notes[m] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             continue
-        fns[m] = fn
-    times = measure(fns, device, repeats, warmup)
-    rows = []
+        fns[m] = lambda solver=solver: problem.parameter_gradients(solver())
+        if m == SCAN or {"direct", "substitution"} & set(families(m)):
+            solves[m] = solver
+    times = measure({**fns, **{f"{m} (solve)": fn for m, fn in solves.items()}}, device, repeats, warmup)
     base = statistics.median(times[AUTOGRAD])
-    for m, t in times.items():
-        med = statistics.median(t)
-        rows.append(dict(params, metric="backward", method=m, median_s=med, min_s=min(t),
-                         ratio=med / base, speedup=base / med, rel_error=errors.get(m, 0.0),
-                         steps=steps.get(m, -1), note=""))
-    for m, note in notes.items():
-        rows.append(dict(params, metric="backward", method=m, median_s=float("nan"),
-                         min_s=float("nan"), ratio=float("nan"), speedup=float("nan"),
-                         rel_error=float("nan"), steps=-1, note=note))
+    rows = [_row(params, "backward", m, times[m], base, errors.get(m, 0.0), steps.get(m, -1))
+            for m in fns]
+    rows += [_row(params, "solve", m, times[f"{m} (solve)"], base, errors[m], steps.get(m, -1))
+             for m in solves]
+    rows += [_row(params, metric, m, None, base, note=note) for m, note in notes.items()
+             for metric in (("solve",) if m in JAX_METHODS else ("backward",))]
     if step:
-        from ..training import backward as trilib_backward
-
-        def autograd_step():
-            model.zero_grad(set_to_none=True)
-            loss_fn(model(x)).backward()
-
-        def trilib_step():
-            model.zero_grad(set_to_none=True)
-            trilib_backward(model, x, loss_fn, method="sequential")
-
-        st = measure({AUTOGRAD: autograd_step, "sequential": trilib_step}, device, repeats, warmup)
-        sbase = statistics.median(st[AUTOGRAD])
-        for m, t in st.items():
-            med = statistics.median(t)
-            rows.append(dict(params, metric="step", method=m, median_s=med, min_s=min(t),
-                             ratio=med / sbase, speedup=sbase / med, rel_error=0.0,
-                             steps=-1, note=""))
-        model.zero_grad(set_to_none=True)
+        direct = {m: statistics.median(times[f"{m} (solve)"]) for m in solves
+                  if m in available and "direct" in families(m)}
+        rows += _step_rows(model, x, loss_fn, min(direct, key=direct.get) if direct else None,
+                           device, repeats, warmup, params)
     return rows
+
+
+def _step_rows(model, x, loss_fn, best: str | None, device, repeats: int, warmup: int,
+               params: dict) -> list[dict]:
+    """The training step (zero the gradients, forward, backward to every ``p.grad``) of autograd,
+    ``trilib.backward(..., method="sequential")`` and the fastest direct method, interleaved."""
+    from ..training import backward as trilib_backward
+
+    def autograd_step():
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(x)).backward()
+
+    def trilib_step(method):
+        model.zero_grad(set_to_none=True)
+        trilib_backward(model, x, loss_fn, method=method)
+
+    fns = {AUTOGRAD: autograd_step, "sequential": lambda: trilib_step("sequential")}
+    if best is not None:
+        fns[best] = lambda: trilib_step(best)
+    st = measure(fns, device, repeats, warmup)
+    model.zero_grad(set_to_none=True)
+    sbase = statistics.median(st[AUTOGRAD])
+    return [_row(params, "step", m, t, sbase, 0.0) for m, t in st.items()]
 
 
 def _loss(out: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ the machine's name for the record."""
 
 from __future__ import annotations
 
+import gc
 import platform
 import statistics
 import time
@@ -40,6 +41,7 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device | str = "
     function once each (in a rotating order), so machine noise hits all of them alike. With
     ``hot``, each timed call comes right after an untimed call of the same function, so no
     method pays for the caches and freed memory that the previous (different) one left behind.
+    As :mod:`timeit` does, the cyclic garbage collector is off during the timed rounds.
 
     Returns:
         ``{name: [seconds per call, ...]}`` with ``repeats`` entries each.
@@ -59,12 +61,21 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device | str = "
             fns[name]()
     _synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            if hot:
-                fns[name]()
-            times[name].append(_time_once(fns[name], device))
+    # Like timeit: CPython's cyclic garbage collector is off while timing, so a full collection
+    # of the heap (a deep model is hundreds of thousands of objects) lands on no one's clock.
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                if hot:
+                    fns[name]()
+                times[name].append(_time_once(fns[name], device))
+    finally:
+        if enabled:
+            gc.enable()
     return times
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..systems import BlockBidiagonalSystem
-from ._affine import affine_rows, combine
+from ._affine import affine_rows
 from ._registry import register
 
 
@@ -62,19 +62,12 @@ def blelloch(system: BlockBidiagonalSystem, trace, memory_limit: int | None = No
     maps = affine_rows(system, "blelloch", live_products=k // 2, memory_limit=memory_limit)
     d = 1
     while 2 * d <= k:                           # up-sweep: the tree's levels, bottom up
-        targets = maps.index(range(2 * d - 1, k, 2 * d))
-        sources = targets - d
-        if trace is not None:
-            trace.add_step(maps.pairs(targets, sources))
-        combine(maps, targets, sources)
+        # rows p = 2d-1, 4d-1, ... absorb p - d
+        maps.step(trace, first=2 * d - 1, stride=2 * d, count=len(range(2 * d - 1, k, 2 * d)), dist=d)
         d *= 2
     while d > 1:                                # down-sweep: top down, fill in the gaps
         d //= 2
-        targets = maps.index(range(3 * d - 1, k, 2 * d))
-        if len(targets) == 0:                   # the tree is lopsided when k is no power of 2
-            continue
-        sources = targets - d
-        if trace is not None:
-            trace.add_step(maps.pairs(targets, sources))
-        combine(maps, targets, sources, matrix=False)
-    return maps.solution(system)
+        count = len(range(3 * d - 1, k, 2 * d))   # rows p = 3d-1, 5d-1, ... absorb p - d
+        if count:                               # none when the tree is lopsided (k no power of 2)
+            maps.step(trace, first=3 * d - 1, stride=2 * d, count=count, dist=d, matrix=False)
+    return maps.solution()

@@ -11,8 +11,9 @@ rows counted from the bottom), with ``C_{k-1} = 0``.
   solved successor: ``u_q = f_q + C_q u_{q'}``, a mat-vec. The last equation of a level never
   needs this: it already couples to nothing.
 
-The loop over levels *is* the tree: the list of active equations halves on the way down and
-the saved lists are replayed on the way up.
+The loop over levels *is* the tree: the active equations of level ``j`` are ``q = i·2^j``, so
+each level is one strided view of the stack; their number halves on the way down and the saved
+levels are replayed on the way up.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from .._numerics import ceil_log2
 from ..systems import BlockBidiagonalSystem
-from ._affine import affine_rows, combine
+from ._affine import affine_rows
 from ._registry import register
 
 
@@ -63,21 +64,17 @@ def cyclic_reduction(system: BlockBidiagonalSystem, trace, memory_limit: int | N
     """
     k = system.k
     maps = affine_rows(system, "cyclic_reduction", live_products=k // 2, memory_limit=memory_limit)
-    p = maps.index(range(k - 1, -1, -1))        # p[q]: scan position of equation q
-    active = torch.arange(k, device=p.device)   # the equations q of the current level
-    levels = []
-    while len(active) > 1:                      # reduction: evens absorb the odd after them
-        levels.append(active)
-        evens, odds = active[0:-1:2], active[1::2]
-        if trace is not None:
-            trace.add_step(maps.pairs(p[evens], p[odds]))
-        combine(maps, p[evens], p[odds])
-        active = active[0::2]
-    for active in reversed(levels):             # back-substitution: odds take their successor
-        odds, successors = active[1:-1:2], active[2::2]
-        if len(odds) == 0:
-            continue
-        if trace is not None:
-            trace.add_step(maps.pairs(p[odds], p[successors]))
-        combine(maps, p[odds], p[successors], matrix=False)
-    return maps.solution(system)
+    # Equation q sits at scan position p = k - 1 - q. The active equations of level j are
+    # q = i·2^j (i < m_j = ⌈k / 2^j⌉): arithmetic progressions, so every step is one strided view.
+    gap, sizes = 1, []
+    while -(-k // gap) > 1:                     # reduction: evens absorb the odd after them
+        m = -(-k // gap)
+        sizes.append((gap, m))
+        # q = 0, 2·gap, ... (m // 2 of them) absorb q + gap
+        maps.step(trace, first=k - 1, stride=-2 * gap, count=m // 2, dist=gap)
+        gap *= 2
+    for gap, m in reversed(sizes):              # back-substitution: odds take their successor
+        count = (m - 1) // 2                    # q = gap, 3·gap, ... below the level's last one
+        if count:
+            maps.step(trace, first=k - 1 - gap, stride=-2 * gap, count=count, dist=gap, matrix=False)
+    return maps.solution()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..systems import BlockBidiagonalSystem
-from ._affine import affine_rows, combine, doubling_work
+from ._affine import affine_rows, doubling_work
 from ._registry import register
 
 #: Block products of PCR: the same combines as recursive doubling on a bi-diagonal system.
@@ -53,14 +53,11 @@ def parallel_cyclic_reduction(system: BlockBidiagonalSystem, trace,
     k = system.k
     maps = affine_rows(system, "parallel_cyclic_reduction", live_products=k - 1,
                        memory_limit=memory_limit)
-    # the stack is in scan order p; equation q of the elimination order sits at p = k - 1 - q
+    # equation q of the elimination order sits at scan position p = k - 1 - q
     d = 1
     while d < k:
-        q = maps.index(range(0, k - d))         # every equation whose partner q + d exists
-        partner = q + d
-        equations, partners = k - 1 - q, k - 1 - partner
-        if trace is not None:
-            trace.add_step(maps.pairs(equations, partners))
-        combine(maps, equations, partners, matrix=2 * d < k)  # last step: C_q no longer needed
+        # every equation q = 0 .. k-d-1 (its partner q + d exists) eliminates u_{q+d};
+        # the last step needs C_q no more
+        maps.step(trace, first=k - 1, stride=-1, count=k - d, dist=d, matrix=2 * d < k)
         d *= 2
-    return maps.solution(system)
+    return maps.solution()

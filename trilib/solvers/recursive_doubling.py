@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..systems import BlockBidiagonalSystem
-from ._affine import affine_rows, combine, doubling_work
+from ._affine import affine_rows, doubling_work
 from ._registry import register
 
 #: Block products of recursive doubling, ``k ⌈log2 k⌉ - 2^⌈log2 k⌉ + 1``.
@@ -45,10 +45,8 @@ def recursive_doubling(system: BlockBidiagonalSystem, trace, memory_limit: int |
     maps = affine_rows(system, "recursive_doubling", live_products=k - 1, memory_limit=memory_limit)
     d = 1
     while d < k:                                # one step per doubling of the distance d
-        targets = maps.index(range(d, k))       # every row that has a row d places before it
-        sources = targets - d
-        if trace is not None:
-            trace.add_step(maps.pairs(targets, sources))
-        combine(maps, targets, sources, matrix=2 * d < k)   # the last step needs only c
+        # every row p = d .. k-1 (it has a row d places before it) absorbs row p - d;
+        # the last step needs only c
+        maps.step(trace, first=d, stride=1, count=k - d, dist=d, matrix=2 * d < k)
         d *= 2
-    return maps.solution(system)
+    return maps.solution()

@@ -18,18 +18,30 @@ def substitution(system: BlockBidiagonalSystem, trace) -> list[torch.Tensor]:
 
     ``u_l = r_l + B_l u_{l+1}`` from the bottom row up (upper), or
     ``u_{l+1} = r_{l+1} + B_l u_l`` from the top down (lower). Steps: k; work: k - 1.
+    ``B_l = diag(d_l) M_l`` is never formed: each row is one product ``M_l u`` and one fused
+    ``r + d * (M_l u)``, on views of the system's stacked runs of blocks.
     """
-    k = system.k
+    k, upper = system.k, system.upper
+    rhs = system.rhs
     u: list[torch.Tensor | None] = [None] * k
-    first = k - 1 if system.upper else 0
-    u[first] = system.rhs[first]
+    first = k - 1 if upper else 0
+    u[first] = rhs[first]
     if trace is not None:
         trace.add_step()
-    for l in (range(k - 2, -1, -1) if system.upper else range(k - 1)):
-        row, col = system.row_col(l)
-        u[row] = system.rhs[row] + system.apply_block(l, u[col])
-        if trace is not None:
-            trace.add_step([(row, col)])
+    for run in (reversed(system.block_runs) if upper else system.block_runs):
+        blocks = range(run.stop - 1, run.start - 1, -1) if upper else range(run.start, run.stop)
+        # the per-block views, in the order substitution visits them
+        mats = (run.mats.mT if run.shared else run.mats).unbind(0)
+        scales = (None,) * len(mats) if run.scales is None else run.scales.unbind(0)
+        if upper:
+            mats, scales = mats[::-1], scales[::-1]
+        for l, m, d in zip(blocks, mats, scales):
+            row, col = (l, l + 1) if upper else (l + 1, l)
+            x = u[col]
+            prod = torch.mm(x, m) if run.shared else torch.bmm(m, x.unsqueeze(-1)).squeeze(-1)
+            u[row] = rhs[row] + prod if d is None else torch.addcmul(rhs[row], d, prod)
+            if trace is not None:
+                trace.add_step([(row, col)])
     return u
 
 
