@@ -2,7 +2,7 @@
 
 Under torchrun every process runs this module; it reads RANK, WORLD_SIZE, MASTER_ADDR and
 MASTER_PORT from the environment torchrun sets up (so it runs across machines too). Without
-torchrun it spawns ``--nproc`` local processes itself. Either way the ranks run the same worker
+torchrun it starts ``--processes`` local processes itself. Either way the ranks run the same worker
 code (:func:`trilib.distributed.worker.serve`).
 """
 

@@ -2,47 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import math
-import multiprocessing as mp
-import os
-import signal
 import socket
 import tempfile
-import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .model import make_loss, parse_mlp, slab_bounds
+from .processes import DistributedError, launch
 from .schedules import SCHEDULES
 from .timeline import Event, summarize
-from .worker import STATUS_BYTES, spawn_entry
 
 __all__ = ["BACKENDS", "DistributedError", "DistributedResult", "check_args", "collect", "run"]
 
 BACKENDS = ("gloo", "nccl")
-_COMMS = (" recv from ", " send to ", " wait on ", "barrier", "init_process_group", "gathering")
-
-
-class DistributedError(RuntimeError):
-    """A distributed run failed or timed out.
-
-    Attributes:
-        rank: the rank that failed first (or stopped answering).
-        activity: what it was doing, e.g. ``"backward compute (layers 4-6)"``.
-        errors: ``[(rank, message)]`` for every rank that reported something.
-        tracebacks: ``{rank: text}``: the traceback of each rank that raised; after a timeout,
-            the Python stack of each rank still running (where it was stuck).
-    """
-
-    def __init__(self, message: str, rank: int, activity: str, errors=(), tracebacks=None):
-        super().__init__(message)
-        self.rank, self.activity = rank, activity
-        self.errors, self.tracebacks = list(errors), dict(tracebacks or {})
 
 
 @dataclass
@@ -138,10 +114,9 @@ def run(model: nn.Module, x: torch.Tensor, loss_fn, world_size: int, schedule="t
         targets: torch.Tensor | None = None, warmup: int = 1):
     """Backward propagation of an MLP whose layers are spread over ``world_size`` processes.
 
-    Spawns the processes (``multiprocessing`` spawn context, rendezvous on 127.0.0.1 and a free
-    port), which talk through ``torch.distributed`` only, and waits for them. As with every use
-    of the spawn context, a script that calls ``run`` must do so under
-    ``if __name__ == "__main__":`` (notebooks need nothing).
+    Starts ``world_size`` fresh Python processes (see :mod:`trilib.distributed.processes`; they
+    rendezvous on 127.0.0.1 and a free port and talk through ``torch.distributed`` only) and
+    waits for them.
 
     Args:
         model: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations; rank d owns the
@@ -187,7 +162,7 @@ def run(model: nn.Module, x: torch.Tensor, loss_fn, world_size: int, schedule="t
             "timeout_s": float(timeout_s), "threads": 1, "port": _free_port()}
     with tempfile.TemporaryDirectory(prefix="trilib-distributed-") as workdir:
         torch.save(spec, Path(workdir) / "spec.pt")
-        raw = _launch(world_size, workdir, float(timeout_s))
+        raw = launch(world_size, workdir, float(timeout_s))
     results = collect(raw, model, world_size, backend, microbatches)
     return results[names[0]] if isinstance(schedule, str) else results
 
@@ -206,118 +181,3 @@ def collect(raw: list[dict], model: nn.Module, world_size: int, backend: str,
             item["schedule"], world_size, slabs, backend,
             microbatches if item["schedule"] == "pipeline" else 1)
     return results
-
-
-def _statuses(status, world: int) -> list[str]:
-    with status.get_lock():
-        raw = bytes(status[:])
-    return [raw[r * STATUS_BYTES:(r + 1) * STATUS_BYTES].rstrip(b"\0").decode(errors="replace") or "starting"
-            for r in range(world)]
-
-
-def _errors(folder: Path) -> list[dict]:
-    found = []
-    for path in folder.glob("error-*.json"):
-        try:
-            found.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue                                     # being written: read next time
-    return sorted(found, key=lambda e: e["time"])
-
-
-def _reap(procs) -> None:
-    """Terminate and join every child (SIGTERM, then SIGKILL after 2 s)."""
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    deadline = time.monotonic() + 2.0
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join()
-
-
-def _launch(world: int, workdir: str, timeout_s: float) -> list[dict]:
-    folder = Path(workdir)
-    ctx = mp.get_context("spawn")
-    status = ctx.Array("c", world * STATUS_BYTES)
-    procs = [ctx.Process(target=spawn_entry, args=(r, world, workdir, status), daemon=True,
-                         name=f"trilib-distributed-rank-{r}") for r in range(world)]
-    # keep the last tenth of timeout_s (at most 1 s) for collecting stacks and terminating
-    deadline = time.monotonic() + timeout_s - min(1.0, timeout_s / 10)
-    try:
-        for p in procs:
-            p.start()
-        while True:
-            errors = _errors(folder)
-            died = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
-            if errors or died:
-                _grace(procs, folder, min(1.0, max(0.0, deadline - time.monotonic())))
-                raise _failure(_errors(folder), procs, _statuses(status, world))
-            if all(p.exitcode == 0 for p in procs):
-                break
-            if time.monotonic() >= deadline:
-                raise _timeout(_statuses(status, world), timeout_s, _stacks(procs, folder))
-            wait_for([p.sentinel for p in procs if p.exitcode is None],
-                     timeout=min(0.05, max(0.0, deadline - time.monotonic())))
-        path = folder / "result.pt"
-        if not path.exists():
-            raise DistributedError("every rank exited cleanly but rank 0 wrote no result", 0, "finishing")
-        return torch.load(path, weights_only=False)
-    finally:
-        _reap(procs)
-
-
-def _grace(procs, folder: Path, seconds: float) -> None:
-    """Give the other ranks a moment to report (their peers just failed), then stop waiting."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and any(p.exitcode is None for p in procs):
-        wait_for([p.sentinel for p in procs if p.exitcode is None], timeout=0.05)
-
-
-def _failure(errors: list[dict], procs, statuses: list[str]) -> DistributedError:
-    reports = [(e["rank"], e["message"]) for e in errors]
-    reported = {e["rank"] for e in errors}
-    for r, p in enumerate(procs):
-        if p.exitcode not in (None, 0) and r not in reported:
-            how = f"signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
-            reports.append((r, f"rank {r} exited with {how} during {statuses[r]}"))
-    first = errors[0] if errors else {"rank": reports[0][0], "activity": statuses[reports[0][0]]}
-    message = reports[0][1] if errors else reports[0][1]
-    others = [m for r, m in reports[1:]]
-    if others:
-        message += "\nthen: " + "\nthen: ".join(others)
-    return DistributedError(message, first["rank"], first["activity"], reports,
-                            {e["rank"]: e["traceback"] for e in errors})
-
-
-def _stacks(procs, folder: Path) -> dict[int, str]:
-    """Ask the ranks still running for their Python stack (SIGUSR1, see ``spawn_entry``)."""
-    if not hasattr(signal, "SIGUSR1"):
-        return {}
-    alive = [r for r, p in enumerate(procs) if p.is_alive()]
-    for r in alive:
-        try:
-            os.kill(procs[r].pid, signal.SIGUSR1)
-        except OSError:
-            pass
-    time.sleep(0.2)
-    out = {}
-    for r in alive:
-        try:
-            out[r] = (folder / f"stack-{r}.txt").read_text()
-        except OSError:
-            continue
-    return out
-
-
-def _timeout(statuses: list[str], timeout_s: float, stacks=None) -> DistributedError:
-    stuck = next((r for r, s in enumerate(statuses) if not any(c in s for c in _COMMS)), 0)
-    message = (f"the distributed run did not finish within timeout_s={timeout_s:g} s: rank {stuck} "
-               f"stopped answering during {statuses[stuck]}")
-    rest = [f"rank {r} was in {s}" for r, s in enumerate(statuses) if r != stuck]
-    if rest:
-        message += "; " + "; ".join(rest)
-    return DistributedError(message, stuck, statuses[stuck], [(r, s) for r, s in enumerate(statuses)],
-                            stacks)

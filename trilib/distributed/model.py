@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -228,11 +227,9 @@ def check_loss(loss_fn, targets) -> None:
             "importable module, or functools.partial of one")
     if getattr(loss_fn, "__name__", "") == "<lambda>" or "<locals>" in getattr(loss_fn, "__qualname__", ""):
         raise TypeError(f"loss_fn {loss_fn!r} is a lambda or a local function: {hint}")
-    module = getattr(loss_fn, "__module__", None)
-    main = sys.modules.get("__main__")
-    if module == "__main__" and (main is None or not getattr(main, "__file__", None)):
-        raise TypeError(f"loss_fn {loss_fn!r} is defined in an interactive session (a notebook), "
-                        f"which spawned processes cannot import: {hint}")
+    if getattr(loss_fn, "__module__", None) == "__main__":
+        raise TypeError(f"loss_fn {loss_fn!r} is defined in __main__ (a notebook, or a script run "
+                        f"directly), which the worker processes cannot import: {hint}")
     try:
         pickle.dumps(loss_fn)
     except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .processes import STATUS_BYTES
 from .schedules import SCHEDULES, Context
 from .timeline import Fault, Recorder
 
-__all__ = ["WorkerError", "serve"]
+__all__ = ["WorkerError", "serve", "spawn_entry"]
 
-STATUS_BYTES = 160
 
 
 class WorkerError(RuntimeError):
@@ -106,7 +106,7 @@ def serve(rank: int, world: int, spec: dict, on_status=None) -> list[dict] | Non
         raise WorkerError(rank, rec.status, exc) from exc
 
 
-# --- spawned processes (trilib.distributed.run) ---------------------------------------------------
+# --- processes started by trilib.distributed.run ---------------------------------------------------
 
 
 def _write_json(path: Path, record: dict) -> None:
@@ -115,24 +115,28 @@ def _write_json(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def spawn_entry(rank: int, world: int, workdir: str, status) -> None:
-    """Target of the processes :func:`trilib.distributed.run` spawns: reads ``spec.pt``, serves,
-    writes ``result.pt`` (rank 0) or ``error-<rank>.json``; ``status`` is a shared char array
-    where the rank keeps what it is doing, for the parent's error messages."""
-    folder = Path(workdir)
+def spawn_entry(argv=None) -> None:
+    """Entry point of the processes :func:`trilib.distributed.run` starts
+    (``python -c "...spawn_entry()" WORKDIR RANK WORLD``): reads ``spec.pt``, serves, writes
+    ``result.pt`` (rank 0) or ``error-<rank>.json``, and keeps ``status-<rank>`` up to date with
+    what the rank is doing (see :mod:`trilib.distributed.processes`)."""
+    workdir, rank, world = (argv or sys.argv[1:])[:3]
+    folder, rank, world = Path(workdir), int(rank), int(world)
     activity = ["setup"]
+    status = os.open(folder / f"status-{rank}", os.O_RDWR | os.O_CREAT, 0o600)
 
     def on_status(text: str) -> None:
         activity[0] = text
-        data = text.encode()[:STATUS_BYTES].ljust(STATUS_BYTES, b"\0")
-        with status.get_lock():
-            status[rank * STATUS_BYTES:(rank + 1) * STATUS_BYTES] = data
+        os.lseek(status, 0, os.SEEK_SET)
+        os.write(status, text.encode()[:STATUS_BYTES].ljust(STATUS_BYTES, b"\0"))
 
     if hasattr(signal, "SIGUSR1"):            # the parent asks for our stack when we time out
         stack = open(folder / f"stack-{rank}.txt", "w")      # stays open until os._exit
         faulthandler.register(signal.SIGUSR1, file=stack, all_threads=False)
     try:
         on_status("setup: loading the job")
+        parent_path = json.loads((folder / "sys_path.json").read_text())
+        sys.path[:] = parent_path + [p for p in sys.path if p not in parent_path]
         spec = torch.load(folder / "spec.pt", weights_only=False)
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(spec["port"])
         results = serve(rank, world, spec, on_status)
