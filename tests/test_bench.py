@@ -118,7 +118,7 @@ def test_jax_peers_solve_the_same_system():
     U = trilib.backward_system(net, torch.randn(3, 4), lambda o: o.square().sum())
     ref = torch.stack(trilib.solve(U))
     for name, fn in jax_solvers(U).items():
-        assert rel(torch.from_numpy(np.asarray(fn())), ref) < 1e-5, name
+        assert rel(torch.from_numpy(np.array(fn())), ref) < 1e-5, name
 
 
 def test_cli_method_subset_and_no_step(tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {
         "machine": machine,
         "config": {k: v for k, v in vars(args).items()},
-        "command": "python -m trilib.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m trilib.bench " + shlex.join(sys.argv[1:] if argv is None else argv),
         "methods": sorted(set(registered_methods())),
         "notes": notes,
         "crossover": crossovers(rows),

@@ -45,8 +45,9 @@ def plot_results(result: dict, path: str | Path | None = None):
     ncol, nrow = max(len(panels), 1), max(len(metrics), 1)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.5 * nrow), squeeze=False)
     all_methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != AUTOGRAD))
-    colors = {m: f"C{i % 10}" for i, m in enumerate(all_methods)}
-    markers = {m: "os^vD"[i // 10 % 5] for i, m in enumerate(all_methods)}
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]   # 18 distinct colours
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(all_methods)}
+    markers = {m: "os^vD"[i // len(palette) % 5] for i, m in enumerate(all_methods)}
     handles = {}
     for row_axes, metric in zip(axes, metrics):
         for ax, (suite, sweep, xkey, fixed) in zip(row_axes, panels):
