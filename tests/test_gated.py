@@ -2,6 +2,8 @@
 gradients of nn.GRU/nn.LSTM against torch.autograd, Newton over time against module(x), the
 cells' Jacobians against torch.func.jacrev, the grid system against solve_triangular, bad input."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import autograd_grads, rel
@@ -246,11 +248,19 @@ def test_row_t_is_solved_after_t_plus_one_iterations():
     tau = 12
     module, x = make("GRU", k=1, tau=tau, n=4, batch=2, scale=5.0)
     system = trilib.forward_system(module, x)
-    for i in range(1, tau):
-        with pytest.warns(ConvergenceWarning, match="max_iterations"):
-            s = trilib.solve(system, "newton", tol=0, max_iterations=i)
+    with pytest.warns(ConvergenceWarning, match="max_iterations=1"):
+        trilib.solve(system, "newton", tol=0, max_iterations=1)
+    for i in range(1, tau + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            s, trace = trilib.solve(system, "newton", tol=0, max_iterations=i, return_trace=True)
         residual = torch.stack(s) - torch.stack(system.apply_offdiagonal(s))   # F(s), batched as Newton
         assert torch.all(residual[:i] == 0), i                                  # rows 0..i-1 exact
+        solved = trace.info["solved_rows"]
+        assert len(solved) <= i and all(r >= j for j, r in enumerate(solved, 1))
+        unsolved = (residual != 0).flatten(1).any(1)
+        assert solved[-1] == (int(unsolved.long().argmax()) if unsolved.any() else tau)
+    assert trace.info["converged"] and solved[-1] == tau
 
 
 def test_overflowing_iterates_fall_back():

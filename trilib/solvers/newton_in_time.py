@@ -84,6 +84,12 @@ def _residual(s: torch.Tensor, c: torch.Tensor) -> float:
     return norm([s - c]) / scale if scale > 0 else norm([s - c])
 
 
+def _solved_rows(s: torch.Tensor, c: torch.Tensor) -> int:
+    """How many leading rows satisfy ``s_t = cell(x_t, s_{t-1})`` exactly (the solved front)."""
+    unsolved = (s != c).reshape(s.shape[0], -1).any(1)
+    return int(unsolved.long().argmax()) if unsolved.any() else s.shape[0]
+
+
 def _check(system, jacobian, linear_method, tol, max_iterations, fallback, on_failure):
     if jacobian not in JACOBIANS:
         raise ValueError(f"jacobian must be one of {JACOBIANS}, got {jacobian!r}")
@@ -159,6 +165,7 @@ def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "fu
             ``nn.RNN``, ``nn.GRU`` or ``nn.LSTM``).
         trace: one step per iteration (all layers); ``trace.residuals`` the relative residual
             ``‖s - c(s)‖ / ‖c(s)‖`` after each; ``trace.info``: ``"iterations"`` per layer,
+            ``"solved_rows"`` after each iteration (leading rows with ``F_t(s) = 0`` exactly),
             ``"linear_steps"`` (the scans' steps, summed), ``"linear_traces"``, ``"fallbacks"``
             (iterates that were not finite) and ``"sequential_steps"`` (recurrence steps of
             ``fallback="sequential"``).
@@ -196,8 +203,8 @@ def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "fu
     init = check_blocks("initial", system, initial)
     (k, tau), diagonal = system.grid_shape, jacobian == "diagonal"
     grid = system.x.new_zeros(k, tau, *system.s0.shape[1:]) if init is None else system.to_grid(init)
-    trace.info.update(jacobian=jacobian, iterations=[], linear_steps=0, linear_traces=[], fallbacks=0,
-                      sequential_steps=0)
+    trace.info.update(jacobian=jacobian, iterations=[], solved_rows=[], linear_steps=0, linear_traces=[],
+                      fallbacks=0, sequential_steps=0)
     converged_all = True
     for l, cell in enumerate(system.cells):
         xp = cell.project(system.layer_input(l, grid))
@@ -231,6 +238,7 @@ def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "fu
             c, a = evaluate(s)
             its += 1
             residual = _residual(s, c)
+            trace.info["solved_rows"].append(_solved_rows(s, c))
             trace.add_step(_time_pairs(system, l, f) if asked else [], work=work)
             trace.residuals.append(residual)
             if inner is not None:
