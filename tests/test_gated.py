@@ -376,3 +376,36 @@ def test_gated_builder_imports_only_systems_and_the_foundation():
     for name in (m for m in MODULES if m.startswith("trilib.gated")):
         bad = [m for m in imports(name) if not m.startswith(("trilib.gated", "trilib.systems", *FOUNDATION))]
         assert not bad, f"{name} imports {bad}: builders may depend on trilib.systems only"
+
+
+# -- benchmark and pictures -----------------------------------------------------------------------
+
+def test_gated_benchmark_rows():
+    from trilib.bench.gated import gated_table, run_gated
+
+    rows = run_gated(taus=[4], ns=[2], kinds=["GRU", "LSTM"], repeats=1, warmup=0)
+    assert {(r["suite"], r["metric"]) for r in rows} == {(s, m) for s in ("gru", "lstm")
+                                                         for m in ("forward", "forward+backward")}
+    assert {r["method"] for r in rows} == {"torch", "sequential", "newton", "newton_diagonal", "autograd",
+                                           "nested", "newton+nested"}
+    assert all(r["rel_error"] < 1e-4 and r["median_s"] > 0 for r in rows)       # float32
+    assert "forward+backward: time / reference time" in gated_table(rows)
+    skipped = run_gated(taus=[4], ns=[2], kinds=["GRU"], repeats=1, warmup=0, max_gflop=0)
+    assert {r["method"] for r in skipped if r["note"].startswith("skipped")} == {"newton", "nested",
+                                                                               "newton+nested"}
+    with pytest.raises(ValueError, match="kinds"):
+        run_gated(kinds=["RNN"])
+
+
+def test_recurrent_pictures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from trilib.viz import recurrent as rviz
+
+    fig = rviz.newton_explorer(tau=8, hidden=2, scale=2.0)
+    assert "GRU, τ=8" in fig.axes[0].get_title()
+    rows = rviz.parallel_steps([4, 8], hidden=2, seeds=(0,))
+    assert [r["sequential"] for r in rows] == [4, 8] and all(r["steps"] > r["iterations"] for r in rows)
+    rviz.plot_parallel_steps(rows)
+    matplotlib.pyplot.close("all")

@@ -211,13 +211,15 @@ def parameter_gradients(rec: GatedRecord, v: torch.Tensor, prefix: str = "") -> 
     return grads
 
 
-def backward_problem(module: nn.Module, inputs, loss_fn: Callable) -> BackwardProblem:
+def backward_problem(module: nn.Module, inputs, loss_fn: Callable, solve_states: Callable | None = None
+                     ) -> BackwardProblem:
     """The :class:`~trilib.systems.BackwardProblem` of an ``nn.GRU``/``nn.LSTM``: unknowns
     ``v_{l,t} = dE/ds_{l,t}``. ``inputs`` is ``x``, ``(x, h0)`` or ``(x, (h0, c0))``; ``loss_fn``
-    receives what the module returns."""
+    receives what the module returns. ``solve_states`` computes the forward states (see
+    :func:`record_forward`; default: the ordinary recurrence)."""
     if not isinstance(module, GATED):
         raise TypeError(f"expected a torch.nn.GRU or LSTM, got {type(module).__name__}")
-    rec = record_forward(module, inputs)
+    rec = record_forward(module, inputs, solve_states)
     pack = (lambda o, h, c: (o, (h, c))) if isinstance(module, nn.LSTM) else (lambda o, h: (o, h))
     loss, grads = loss_gradients(rec.outputs(), loss_fn, pack)
     system = backward_system_from_record(rec, rec.to_grid(grads))
