@@ -37,7 +37,8 @@ def _ints(text: str) -> list[int]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trilib.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--suite", default="mlp,rnn", help="comma-separated: mlp, rnn")
+    p.add_argument("--suite", default="mlp,rnn", help="comma-separated: mlp, rnn, gated (GRU/LSTM "
+                   "forward and forward+backward against nn.GRU/nn.LSTM, sizes of trilib.bench.gated)")
     p.add_argument("--k", type=_ints, default=[4, 16, 64, 256], help="MLP depths of the k sweep")
     p.add_argument("--n", type=_ints, default=[8, 16, 64], help="MLP widths of the n sweep")
     p.add_argument("--batch", type=_ints, default=[1, 4, 32], help="batch sizes of the batch sweep")
@@ -66,9 +67,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark from the command line; returns the result dict it wrote."""
     args = parser().parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    bad = [s for s in suites if s not in ("mlp", "rnn")]
+    bad = [s for s in suites if s not in ("mlp", "rnn", "gated")]
     if bad:
-        raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn")
+        raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn, gated")
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
     device = torch.device(args.device)
@@ -98,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             rows += run_rnn(args.tau, [fn], [fb], sweep="tau", **common)
         else:
             notes.append("rnn: trilib cannot build nn.RNN systems yet; suite skipped")
+    if "gated" in suites:
+        from .gated import run_gated
+
+        rows += run_gated(device=device, dtype=dtype, repeats=args.repeats, warmup=args.warmup, progress=say)
     name = device_name(device)
     stem = f"{device.type}-{_slug(name)}" + (f"-{_slug(args.tag)}" if args.tag else "")
     result = {
@@ -118,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if any(r["metric"] == "step" for r in rows):
         print()
         print(table(rows, "step"))
+    if "gated" in suites:
+        from .gated import gated_table
+
+        print(gated_table(rows))
     for key, c in result["crossover"].items():
         if c["largest"] is None:
             continue
