@@ -12,11 +12,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import fnn, graph, rnn
+from . import fnn, gated, graph, rnn
 from ._checks import UnsupportedLayerError, check_finite_named, module_tensors
 from ._numerics import rel_error
 from .solvers import check_method, methods, solve
-from .systems import BackwardProblem, TriangularSystem
+from .systems import BackwardProblem, RecurrentForwardSystem, TriangularSystem
 
 __all__ = ["backward_problem", "backward_system", "compare_to_autograd", "forward", "forward_system",
            "gradients"]
@@ -26,7 +26,8 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     """The backward system of ``model`` on ``x`` with its loss and parameter-gradient map.
 
     Dispatch on the model type: ``nn.RNN`` and :class:`trilib.rnn.RNNClassifier` go to the RNN
-    builder; an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations to the FNN
+    builder; ``nn.GRU``, ``nn.LSTM`` and :class:`trilib.gated.GatedClassifier` to the gated one;
+    an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations to the FNN
     builder; any other module (a Sequential with other layers too) to the graph builder, which
     traces it with ``torch.fx``.
 
@@ -60,6 +61,10 @@ def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
         return rnn.backward_problem(model, x, loss_fn)
     if isinstance(model, rnn.RNNClassifier):
         return rnn.classifier_problem(model, x, loss_fn)
+    if isinstance(model, gated.GATED):
+        return gated.backward_problem(model, x, loss_fn)
+    if isinstance(model, gated.GatedClassifier):        # its forward_method may need a solver
+        return gated.classifier_problem(model, x, loss_fn, solve=solve)
     if isinstance(model, nn.Sequential):
         try:
             layers = fnn.parse_sequential(model)
@@ -154,11 +159,15 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
     :class:`~trilib.systems.BlockBidiagonalSystem` with ``upper=False``, sub-diagonal blocks
     ``W_l`` and right-hand side ``(W_1 x + b_1, b_2, ..., b_k)``. Otherwise it is the nonlinear
     :class:`~trilib.systems.NonlinearForwardSystem` ``F(z) = 0``. Either way
-    ``trilib.solve(system)[-1]`` equals ``model(x)``.
+    ``trilib.solve(system)[-1]`` equals ``model(x)``. For an ``nn.RNN``, ``nn.GRU`` or ``nn.LSTM``
+    (``x`` as the module takes it) it is the :class:`~trilib.systems.RecurrentForwardSystem` over
+    time (docs/theory.md §7); ``system.output(trilib.solve(system))`` equals ``model(x)``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_finite_named(module_tensors(model))
+    if isinstance(model, gated.RECURRENT):
+        return gated.forward_system(model, x)
     return fnn.forward_system(model, x)
 
 
@@ -167,8 +176,11 @@ def forward(model: nn.Module, x: torch.Tensor, method: str = "sequential", retur
     """``model(x)`` computed by solving the forward system with ``method``.
 
     Args:
-        model: an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations.
-        x: the input batch ``(batch, n_0)``, same dtype and device as the model.
+        model: an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations, or an
+            ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (then ``"newton"`` is Newton in time,
+            :func:`trilib.solvers.newton_in_time.newton_in_time`).
+        x: the input batch ``(batch, n_0)``, same dtype and device as the model (for a recurrent
+            module ``x``, ``(x, h0)`` or ``(x, (h0, c0))``).
         method: ``"sequential"`` (forward substitution = ordinary forward propagation),
             ``"jacobi"`` (nonlinear Jacobi, options ``tol``, ``max_sweeps``, ``reference``,
             ``on_failure``) or ``"newton"`` (options ``linear_method``, default
@@ -178,7 +190,8 @@ def forward(model: nn.Module, x: torch.Tensor, method: str = "sequential", retur
         **options: passed to the method.
 
     Returns:
-        The output ``z_k``, shaped like ``model(x)`` (no autograd graph); with
+        The output ``z_k``, shaped like ``model(x)`` (for a recurrent module what it returns,
+        ``(output, h_n)`` or ``(output, (h_n, c_n))``; no autograd graph); with
         ``return_trace=True`` the pair ``(output, trace)``. Iterative methods run to the exact
         answer by default (``tol=None``, see :mod:`trilib.solvers._sweeps`); only a
         ``max_sweeps``/``max_iterations`` below their exact count can stop them short, which
@@ -198,8 +211,10 @@ def forward(model: nn.Module, x: torch.Tensor, method: str = "sequential", retur
     if method not in methods(system):
         raise ValueError(f"method {method!r} does not apply to the forward system "
                          f"({type(system).__name__}); methods for it: {', '.join(methods(system))}")
-    z, trace = solve(system, method=method, return_trace=True, **options)
-    return (z[-1], trace) if return_trace else z[-1]
+    result = solve(system, method=method, return_trace=return_trace, **options)
+    z, trace = result if return_trace else (result, None)
+    out = system.output(z) if isinstance(system, RecurrentForwardSystem) else z[-1]
+    return (out, trace) if return_trace else out
 
 
 def gradients(model: nn.Module, x: torch.Tensor, loss_fn: Callable, method: str = "sequential",

@@ -57,7 +57,9 @@ output:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trilib.bench", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SIZES)
-    p.add_argument("--suite", default="mlp,rnn", help="comma-separated: mlp, rnn (default: %(default)s)")
+    p.add_argument("--suite", default="mlp,rnn",
+                   help="comma-separated: mlp, rnn, gated (GRU/LSTM forward and forward+backward "
+                        "against nn.GRU/nn.LSTM, sizes of trilib.bench.gated) (default: %(default)s)")
     p.add_argument("--k", type=_ints, default=None, help="MLP depths (see 'sizes' below)")
     p.add_argument("--n", type=_ints, default=None, help="MLP and RNN widths (see 'sizes' below)")
     p.add_argument("--batch", type=_ints, default=None, help="batch sizes (see 'sizes' below)")
@@ -118,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark from the command line; returns the result dict it wrote."""
     args = parser().parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    bad = [s for s in suites if s not in ("mlp", "rnn")]
+    bad = [s for s in suites if s not in ("mlp", "rnn", "gated")]
     if bad:
-        raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn")
+        raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn, gated")
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
     if min(args.fixed_k, args.fixed_n, args.fixed_batch) < 1:
@@ -152,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             sweep="tau", **common)
         else:
             notes.append("rnn: trilib cannot build nn.RNN systems yet; suite skipped")
+    if "gated" in suites:
+        from .gated import run_gated
+
+        rows += run_gated(device=device, dtype=dtype, repeats=args.repeats, warmup=args.warmup, progress=say)
     name = device_name(device)
     stem = f"{device.type}-{_slug(name)}" + (f"-{_slug(args.tag)}" if args.tag else "")
     machine = _machine(device, name, stem)
@@ -177,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print()
     for line in summary(rows):
         print(line)
+    if "gated" in suites:
+        from .gated import gated_table
+
+        print(gated_table(rows))
     for key, c in result["crossover"].items():
         if c["largest"] is None:
             continue

@@ -15,5 +15,5 @@ __all__ = ["FAMILIES", "check_method", "families", "methods", "register", "solve
 from . import sequential  # noqa: E402,F401
 from . import recursive_doubling, blelloch, cyclic_reduction, parallel_cyclic_reduction  # noqa: E402,F401
 from . import jacobi, block_jacobi, gauss_seidel, newton  # noqa: E402,F401
-from . import graph_methods, rnn_methods  # noqa: E402,F401
+from . import graph_methods, rnn_methods, newton_in_time  # noqa: E402,F401
 # isort: on

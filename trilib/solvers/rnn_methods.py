@@ -1,4 +1,7 @@
-"""Solvers for the 2-D backward system of an RNN (:class:`trilib.systems.RNNSystem`, docs/theory.md §2).
+"""Solvers for the 2-D backward system of a recurrent network (:class:`trilib.systems.GridSystem`:
+``nn.GRU``/``nn.LSTM`` with dense blocks, and its factorised case :class:`trilib.systems.RNNSystem`
+for ``nn.RNN``; docs/theory.md §2, §7). Each method has one code path for both: it reads the
+system through the grid interface (``couple``, ``time_blocks``, ``depth_blocks``, ``r``).
 
 * ``"sequential"``: back-propagation through time, one unknown ``v_{l,t}`` after another
   (k·τ steps).
@@ -17,20 +20,20 @@ import torch
 
 from .._checks import check_memory
 from .._numerics import ceil_log2
-from ..systems import RNNSystem
+from ..systems import GridSystem
 from ._registry import register
 
 __all__ = ["bptt", "wavefront", "nested", "time_scan"]
 
 
-def _row(d: torch.Tensor, v_depth: torch.Tensor, w: torch.Tensor, v_time: torch.Tensor,
-         u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``v_{l,t} = r_{l,t} + D_{l,t} (W_{l+1}^T v_{l+1,t} + U_l^T v_{l,t+1})`` (row vectors)."""
-    return r + d * (v_depth @ w + v_time @ u)
+def _row(system: GridSystem, ls, ts, v: torch.Tensor) -> torch.Tensor:
+    """``v_{l,t} = r_{l,t} + E_{l,t} v_{l+1,t} + P_{l,t} v_{l,t+1}`` for the rows ``(ls, ts)``
+    (for an RNN ``E = D W_{l+1}^T``, ``P = D U_l^T``); ``v`` is the zero-padded grid."""
+    return system.r[ls, ts] + system.couple(ls, ts, v[ls + 1, ts], v[ls, ts + 1])
 
 
-@register("sequential", RNNSystem, family=("substitution", "rnn"))
-def bptt(system: RNNSystem, trace) -> list[torch.Tensor]:
+@register("sequential", GridSystem, family=("substitution", "rnn"))
+def bptt(system: GridSystem, trace) -> list[torch.Tensor]:
     """Back-propagation through time: for t = τ..1, for l = k..1, solve ``v_{l,t}``.
 
     Steps: k·τ; work: one product per coupling (k·τ·2 - k - τ).
@@ -44,18 +47,17 @@ def bptt(system: RNNSystem, trace) -> list[torch.Tensor]:
     """
     k, tau = system.grid_shape
     v = system.r.new_zeros(k + 1, tau + 1, *system.r.shape[2:])   # zero padding above and after
-    w = torch.cat([system.w_ih, system.w_ih.new_zeros(1, *system.w_hh.shape[1:])])
     for t in range(tau - 1, -1, -1):
         for l in range(k - 1, -1, -1):
-            v[l, t] = _row(system.d[l, t], v[l + 1, t], w[l], v[l, t + 1], system.w_hh[l], system.r[l, t])
+            v[l, t] = _row(system, l, t, v)
             pairs = [(l, t, l + 1, t)] * (l + 1 < k) + [(l, t, l, t + 1)] * (t + 1 < tau)
             if trace is not None:
                 trace.add_step([(system.index(a, b), system.index(c, e)) for a, b, c, e in pairs])
     return system.to_blocks(v[:k, :tau])
 
 
-@register("wavefront", RNNSystem, family="rnn")
-def wavefront(system: RNNSystem, trace) -> list[torch.Tensor]:
+@register("wavefront", GridSystem, family="rnn")
+def wavefront(system: GridSystem, trace) -> list[torch.Tensor]:
     """Level scheduling on the grid: level ``s`` holds every ``v_{l,t}`` with
     ``(k-1-l) + (τ-1-t) = s`` (0-based), and all its unknowns are solved in one batched step.
 
@@ -70,13 +72,11 @@ def wavefront(system: RNNSystem, trace) -> list[torch.Tensor]:
     """
     k, tau = system.grid_shape
     v = system.r.new_zeros(k + 1, tau + 1, *system.r.shape[2:])
-    w = torch.cat([system.w_ih, system.w_ih.new_zeros(1, *system.w_hh.shape[1:])])
     dev = system.device
     for s in range(k + tau - 1):
         ls = torch.arange(max(0, k - 1 - s), min(k, k + tau - 1 - s), device=dev)
         ts = (k - 1 - ls) + (tau - 1) - s
-        v[ls, ts] = _row(system.d[ls, ts], v[ls + 1, ts], w[ls], v[ls, ts + 1], system.w_hh[ls],
-                         system.r[ls, ts])
+        v[ls, ts] = _row(system, ls, ts, v)
         pairs = [(system.index(l, t), system.index(l + 1, t)) for l, t in zip(ls.tolist(), ts.tolist())
                  if l + 1 < k]
         pairs += [(system.index(l, t), system.index(l, t + 1)) for l, t in zip(ls.tolist(), ts.tolist())
@@ -140,13 +140,14 @@ def _apply(e: torch.Tensor, kind: str, y: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ltbiq,lbqm->ltbim", e, flat)
 
 
-@register("nested", RNNSystem, family=("rnn", "direct"))
-def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
+@register("nested", GridSystem, family=("rnn", "direct"))
+def nested(system: GridSystem, trace) -> list[torch.Tensor]:
     """Cyclic reduction over layers whose block solves are recursive-doubling scans over time.
 
     In the layer ordering the system is ``A_l V_l - E_l V_{l+1} = R_l`` (l = 1..k), where
-    ``V_l = (v_{l,1..τ})``, ``A_l = I - shift ⊗ D_l U_l^T`` is upper bi-diagonal over time and
-    ``E_l = diag_t(D_{l,t} W_{l+1}^T)``. One level of cyclic reduction keeps the even rows:
+    ``V_l = (v_{l,1..τ})``, ``A_l = I - shift ⊗ P_l`` is upper bi-diagonal over time and
+    ``E_l = diag_t(E_{l,t})`` (for an RNN ``P_{l,t} = D_{l,t} U_l^T``, ``E_{l,t} = D_{l,t} W_{l+1}^T``;
+    for a gated cell the transposed state Jacobians). One level of cyclic reduction keeps the even rows:
 
     1. odd rows, all at once: ``[Y_o | Z_o] = A_o^{-1} [R_o | E_o]`` (one time scan:
        ``ceil(log2 τ)`` steps);
@@ -155,7 +156,8 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
     3. recurse on the even rows (the diagonal blocks ``A_e`` never change);
     4. odd rows: ``V_o = Y_o + Z_o V_{o+1}`` (1 step).
 
-    A single row is one time scan. With one step to form the blocks ``D U^T`` and ``D W^T``:
+    A single row is one time scan. With one step to form the blocks ``D U^T`` and ``D W^T`` (a
+    factorised :class:`~trilib.systems.RNNSystem`; a gated cell's blocks come formed, one step less):
     ``steps <= 1 + ceil(log2 k)·(ceil(log2 τ) + 2) + ceil(log2 τ)
     <= c·(ceil(log2 k) + 1)·(ceil(log2 τ) + 1)`` with **c = 3** (a level with two rows skips
     step 4). For k = 1 it is the time scan
@@ -177,10 +179,10 @@ def nested(system: RNNSystem, trace) -> list[torch.Tensor]:
                  f"method 'nested' on a k={k} x τ={tau} grid (per-sample {n}x{n} blocks, batch {batch})",
                  "Use method='wavefront' or 'sequential', which never form n x n blocks.")
     idx = system.index
-    # Step 0: every block at once: P_{l,t} = D_{l,t} U_l^T (time) and E_{l,t} = D_{l,t} W_{l+1}^T.
-    p = system.d.unsqueeze(-1) * system.w_hh.transpose(-1, -2)[:, None, None]
-    e = system.d[:-1].unsqueeze(-1) * system.w_ih.transpose(-1, -2)[:, None, None]
-    if trace is not None:
+    # Step 0 (factorised blocks only): every block at once, P_{l,t} = D_{l,t} U_l^T (time) and
+    # E_{l,t} = D_{l,t} W_{l+1}^T (depth).
+    p, e = system.time_blocks(), system.depth_blocks()[:-1]
+    if trace is not None and system.factorised:
         trace.add_step(work=k * tau + (k - 1) * tau)
 
     def scan(rows, rhs):

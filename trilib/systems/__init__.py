@@ -3,7 +3,9 @@
 * :class:`TriangularSystem` — the base: ``(I - N) u = r``, batched over samples;
 * :class:`BlockBidiagonalSystem` — the FNN pattern (linear forward and backward systems);
 * :class:`NonlinearForwardSystem` — the forward pass ``F(z) = 0``;
-* :class:`RNNSystem` — the k x τ grid of a recurrent network;
+* :class:`GridSystem` — the k x τ grid of a recurrent network's backward pass, dense blocks;
+* :class:`RNNSystem` — the same grid for ``nn.RNN``, blocks factorised;
+* :class:`RecurrentForwardSystem` — a recurrent network's forward pass ``F(s) = 0`` over time;
 * :class:`GraphSystem` — a computation graph's pattern;
 * :class:`BackwardProblem` — a system with its loss and the map to parameter gradients.
 """
@@ -11,9 +13,11 @@
 from .base import TriangularSystem
 from .bidiagonal import BlockBidiagonalSystem
 from .graph import GraphNode, GraphSystem
+from .grid import GridSystem
 from .nonlinear import NonlinearForwardSystem
 from .problem import BackwardProblem
+from .recurrent import RecurrentForwardSystem
 from .rnn import ORDERS, RNNSystem
 
-__all__ = ["BackwardProblem", "BlockBidiagonalSystem", "GraphNode", "GraphSystem",
-           "NonlinearForwardSystem", "ORDERS", "RNNSystem", "TriangularSystem"]
+__all__ = ["BackwardProblem", "BlockBidiagonalSystem", "GraphNode", "GraphSystem", "GridSystem",
+           "NonlinearForwardSystem", "ORDERS", "RNNSystem", "RecurrentForwardSystem", "TriangularSystem"]

@@ -1,22 +1,19 @@
 """The backward system of a recurrent network: a unit upper triangular system on the k x τ grid
-of layers and time steps (docs/theory.md §2)."""
+of layers and time steps (docs/theory.md §2), with the blocks of ``nn.RNN`` kept factorised."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .base import TriangularSystem
 from .bidiagonal import BlockBidiagonalSystem
+from .grid import ORDERS, GridSystem
 
 __all__ = ["RNNSystem", "ORDERS"]
 
-#: The two orderings of the unknowns ``v_{l,t}``.
-ORDERS = ("layer", "time")
 
-
-class RNNSystem(TriangularSystem):
+class RNNSystem(GridSystem):
     """The backward system of a k-layer RNN over τ time steps, ``(I - N) v = r`` (docs/theory.md §2).
 
     The unknowns form a ``k x τ`` grid (0-based ``l``, ``t`` below). ``N`` has two blocks per
@@ -27,6 +24,10 @@ class RNNSystem(TriangularSystem):
     * ``order="layer"``: block row ``l*τ + t``. Upper block bi-diagonal over layers whose
       diagonal blocks are upper block bi-diagonal over time.
     * ``order="time"``: block row ``t*k + l``. The roles of layers and time swap.
+
+    It is the :class:`~trilib.systems.GridSystem` whose blocks are stored factorised (``D`` and
+    the shared weights): :meth:`couple` and :meth:`apply_offdiagonal` never materialise a block;
+    :meth:`time_blocks` and :meth:`depth_blocks` form them when a direct solver asks.
 
     Args:
         w_ih: the ``k - 1`` input weights ``W_2..W_k`` (each ``n x n``), a list or a stacked
@@ -45,8 +46,7 @@ class RNNSystem(TriangularSystem):
         torch.Size([12, 12])
     """
 
-    upper = True
-    symbol = "v"
+    factorised = True
 
     def __init__(self, w_ih, w_hh, d: torch.Tensor, g: torch.Tensor, order: str = "layer"):
         if order not in ORDERS:
@@ -66,49 +66,26 @@ class RNNSystem(TriangularSystem):
         if w_ih.shape != (k - 1, n, n):
             raise ValueError(f"w_ih has shape {tuple(w_ih.shape)}, expected {(k - 1, n, n)}")
         self.w_ih, self.w_hh, self.d, self.g = w_ih, w_hh, d, g
-        self.order = order
-        self.r = d * g
-        self.rhs = self.to_blocks(self.r)
+        # W_{l+1} for every layer, with a zero matrix for the top one (it has no layer above)
+        self._w_depth = torch.cat([w_ih, w_ih.new_zeros(1, n, n)])
+        self._set_grid(d * g, order)
 
-    # -- the grid ----------------------------------------------------------------------------
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        """``(k, τ)``: layers and time steps (``self.k`` is the number of block rows, k·τ)."""
-        return tuple(self.d.shape[:2])
+    # -- the grid interface, factorised --------------------------------------------------------
+    def time_blocks(self) -> torch.Tensor:
+        """``P_{l,t} = D_{l,t} U_l^T`` formed for the whole grid, ``(k, τ, batch, n, n)``
+        (``P_{l,τ-1} = 0``)."""
+        p = self.d.unsqueeze(-1) * self.w_hh.transpose(-1, -2)[:, None, None]
+        p[:, -1] = 0
+        return p
 
-    @property
-    def layers(self) -> int:
-        return self.d.shape[0]
+    def depth_blocks(self) -> torch.Tensor:
+        """``E_{l,t} = D_{l,t} W_{l+1}^T`` formed for the whole grid (``E_{k-1,t} = 0``)."""
+        return self.d.unsqueeze(-1) * self._w_depth.transpose(-1, -2)[:, None, None]
 
-    @property
-    def tau(self) -> int:
-        return self.d.shape[1]
-
-    def index(self, l, t):
-        """Block row of unknown ``v_{l,t}`` (0-based) in this system's ordering."""
-        return l * self.tau + t if self.order == "layer" else t * self.layers + l
-
-    def to_blocks(self, grid: torch.Tensor) -> list[torch.Tensor]:
-        """A ``(k, τ, batch, n)`` grid as the list of blocks in this ordering."""
-        seq = grid if self.order == "layer" else grid.transpose(0, 1)
-        return list(seq.reshape(-1, *grid.shape[2:]).unbind(0))
-
-    def to_grid(self, u: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The inverse of :meth:`to_blocks`."""
-        self._check_solution(u)
-        k, tau = self.grid_shape
-        flat = torch.stack(list(u))
-        if self.order == "layer":
-            return flat.reshape(k, tau, *flat.shape[1:])
-        return flat.reshape(tau, k, *flat.shape[1:]).transpose(0, 1)
-
-    def _converted(self, convert) -> RNNSystem:
-        return RNNSystem(convert(self.w_ih), convert(self.w_hh), convert(self.d), convert(self.g),
-                         order=self.order)
-
-    def with_order(self, order: str) -> RNNSystem:
-        """The same system with the unknowns in the other ordering."""
-        return RNNSystem(self.w_ih, self.w_hh, self.d, self.g, order=order)
+    def couple(self, ls, ts, v_depth: torch.Tensor, v_time: torch.Tensor) -> torch.Tensor:
+        """``D_{l,t} (W_{l+1}^T v_{l+1,t} + U_l^T v_{l,t+1})`` for the rows ``(ls, ts)`` (ints or
+        index tensors), as row vectors: never forms a block."""
+        return self.d[ls, ts] * (v_depth @ self._w_depth[ls] + v_time @ self.w_hh[ls])
 
     def time_system(self, layer: int = 0, incoming: torch.Tensor | None = None) -> BlockBidiagonalSystem:
         """Row ``layer`` of the layer ordering as a :class:`BlockBidiagonalSystem` over time.
@@ -117,16 +94,8 @@ class RNNSystem(TriangularSystem):
         ``incoming = v_{l+1}`` as ``(τ, batch, n)`` (omit it for the top layer). For ``k = 1``
         ``time_system()`` is the whole system, so every FNN direct method applies along time.
         """
-        k, tau = self.grid_shape
-        if not isinstance(layer, int) or not 0 <= layer < k:
-            raise IndexError(f"layer must be an int in [0, {k}), got {layer!r}")
-        rhs = self.r[layer]
-        if layer < k - 1:
-            if incoming is None or incoming.shape != rhs.shape:
-                got = None if incoming is None else tuple(incoming.shape)
-                raise ValueError(f"incoming must be v_{{l+1}} of shape {tuple(rhs.shape)}, got {got}")
-            rhs = rhs + self.d[layer] * (incoming @ self.w_ih[layer])
-        mats = [self.w_hh[layer].t()] * (tau - 1)
+        rhs = self._layer_rhs(layer, incoming)
+        mats = [self.w_hh[layer].t()] * (self.tau - 1)
         return BlockBidiagonalSystem(mats, list(self.d[layer, :-1]), list(rhs), upper=True, symbol="v")
 
     # -- TriangularSystem interface ------------------------------------------------------------
@@ -137,16 +106,13 @@ class RNNSystem(TriangularSystem):
         out[:, :-1] += v[:, 1:] @ self.w_hh.unsqueeze(1)  # U_l^T v_{l,t+1}
         return self.to_blocks(self.d * out)
 
-    def dense_blocks(self, sample: int = 0) -> Iterator[tuple[int, int, torch.Tensor]]:
-        sample = self._check_sample(sample)
-        k, tau = self.grid_shape
-        for l in range(k):
-            for t in range(tau):
-                d = self.d[l, t, sample].unsqueeze(-1)
-                if l + 1 < k:
-                    yield self.index(l, t), self.index(l + 1, t), d * self.w_ih[l].t()
-                if t + 1 < tau:
-                    yield self.index(l, t), self.index(l, t + 1), d * self.w_hh[l].t()
+    def _block(self, kind: str, l: int, t: int, sample: int) -> torch.Tensor:
+        w = self.w_ih[l] if kind == "depth" else self.w_hh[l]
+        return self.d[l, t, sample].unsqueeze(-1) * w.t()
+
+    def _converted(self, convert) -> RNNSystem:
+        return RNNSystem(convert(self.w_ih), convert(self.w_hh), convert(self.d), convert(self.g),
+                         order=self.order)
 
     def __repr__(self) -> str:
         k, tau = self.grid_shape
