@@ -22,7 +22,8 @@ from .._numerics import ceil_log2, norm
 from ..systems import BlockBidiagonalSystem, RecurrentForwardSystem
 from ..trace import Trace
 from ._registry import check_method, methods, register, solve
-from ._sweeps import ConvergenceError, ConvergenceWarning, check_blocks, check_int, default_tol, own_trace
+from ._sweeps import ConvergenceError, ConvergenceWarning, check_blocks, check_int, own_trace
+from .newton import ROUNDING
 
 __all__ = ["diagonal_scan", "newton_in_time", "recurrence"]
 
@@ -100,15 +101,29 @@ def _check(system, jacobian, linear_method, tol, max_iterations, fallback, on_fa
     if jacobian == "diagonal" and linear_method not in ("recursive_doubling", "sequential"):
         raise ValueError(f"with jacobian='diagonal' the scan is element-wise: linear_method must be "
                          f"'recursive_doubling' or 'sequential', got {linear_method!r}")
-    tol = default_tol(system.dtype) if tol is None else tol
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
         raise ValueError(f"tol must be None or a number >= 0, got {tol!r}")
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     if on_failure not in ("warn", "raise"):
         raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
     tau = system.grid_shape[1]
-    return float(tol), tau if max_iterations is None else check_int("max_iterations", max_iterations, 1)
+    limit = tau if max_iterations is None else min(check_int("max_iterations", max_iterations, 1), tau)
+    return (None if tol is None else float(tol)), limit
+
+
+def _converged(s: torch.Tensor, c: torch.Tensor, residual: float | None, tol: float | None) -> bool:
+    """The stopping rule of trilib's iterative methods, for one layer's states ``s`` and their
+    update ``c``: the iterate is a fixed point (unchanged bit for bit); or, by default
+    (``tol=None``), every time step of every sample equals its own update up to
+    :data:`~trilib.solvers.newton.ROUNDING` units of rounding (as accurate as the recurrence
+    itself: Newton's last bits settle one row per iteration); or ``residual <= tol``."""
+    if torch.equal(s, c):
+        return True
+    if tol is not None:
+        return (residual if residual is not None else _residual(s, c)) <= tol
+    rows = lambda t: t.reshape(t.shape[0], t.shape[1], -1).norm(dim=-1)  # noqa: E731  (τ, batch)
+    return bool((rows(c - s) <= ROUNDING * torch.finfo(s.dtype).eps * rows(c)).all())
 
 
 def _linear_solve(a, b, jacobian, linear_method, linear_options, record):
@@ -175,10 +190,12 @@ def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "fu
             method for a :class:`~trilib.systems.BlockBidiagonalSystem`; with
             ``jacobian="diagonal"`` ``"recursive_doubling"`` or ``"sequential"``).
         linear_options: options for that method.
-        tol: stop once the relative residual is ``<= tol`` (default :func:`default_tol`,
-            64·eps of the dtype); ``tol=0`` runs until the iterate no longer changes, bit for bit
-            (that takes about as many iterations as the recurrence remembers: rounding noise of one
-            ulp travels along the sequence like any other perturbation).
+        tol: ``None`` (default): stop when the iterate no longer changes bit for bit, or when
+            every time step of every sample equals its own update up to
+            :data:`~trilib.solvers.newton.ROUNDING` units of rounding (as accurate as the
+            recurrence), or after τ iterations (exact) — the rule of every iterative method in
+            trilib. A number: stop once the relative residual is ``<= tol`` (an explicit early
+            stop: it bounds the residual, not the error); ``tol=0`` only at an unchanged iterate.
         max_iterations: iteration limit per layer (default τ: enough, see above).
         initial: the starting guess, ``k·τ`` blocks ``(batch, m)`` (default zeros).
         fallback: ``"jacobi"`` or ``"sequential"`` (see above).
@@ -197,7 +214,7 @@ def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "fu
         (True, True)
     """
     asked = trace is not None
-    trace = own_trace(trace, "newton")
+    trace, _ = own_trace(trace, "newton")
     tol, limit = _check(system, jacobian, linear_method, tol, max_iterations, fallback, on_failure)
     linear_options = dict(linear_options or {})
     init = check_blocks("initial", system, initial)
@@ -215,7 +232,7 @@ def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "fu
 
         s = grid[l]
         c, a = evaluate(s)
-        done, its = torch.equal(s, c) or _residual(s, c) <= tol, 0
+        done, its = _converged(s, c, None, tol), 0
         while not done and its < limit:
             b = c - s                                        # -F(s)
             f = int((b != 0).reshape(tau, -1).any(1).nonzero()[0])   # first unsolved row
@@ -246,13 +263,14 @@ def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "fu
                 trace.info["linear_steps"] += inner.steps
             elif not diagonal:
                 trace.info["linear_steps"] += ceil_log2(tau - f)
-            done = torch.equal(s, c) or residual <= tol
+            done = _converged(s, c, residual, tol)
         grid[l] = s
         trace.info["iterations"].append(its)
         converged_all &= done
     trace.info["converged"], trace.info["tol"] = converged_all, tol
     if not converged_all:
-        target = "the iterate to stop changing" if tol == 0 else f"residual <= {tol:.3e}"
+        target = (f"residual <= {tol:.3e}" if tol is not None
+                  else "every time step at rounding level")
         msg = (f"newton did not converge: {target} not reached within max_iterations={limit} "
                f"(residual {trace.residuals[-1]:.3e}); Newton in time is exact after τ = {tau} iterations")
         if on_failure == "raise":

@@ -174,8 +174,8 @@ def nested(system: GridSystem, trace) -> list[torch.Tensor]:
         13
     """
     k, tau = system.grid_shape
-    batch, n = system.d.shape[2:]
-    check_memory(nested_bytes(k, tau, batch, n, system.d.element_size()),
+    batch, n = system.r.shape[2:]
+    check_memory(nested_bytes(k, tau, batch, n, system.r.element_size()),
                  f"method 'nested' on a k={k} x τ={tau} grid (per-sample {n}x{n} blocks, batch {batch})",
                  "Use method='wavefront' or 'sequential', which never form n x n blocks.")
     idx = system.index
