@@ -409,3 +409,20 @@ def test_recurrent_pictures():
     assert [r["sequential"] for r in rows] == [4, 8] and all(r["steps"] > r["iterations"] for r in rows)
     rviz.plot_parallel_steps(rows)
     matplotlib.pyplot.close("all")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_cuda_matches_autograd_and_module(kind):
+    module, inputs = make(kind, k=2, tau=16, batch=3, batch_first=True, with_h0=True)
+    module = module.cuda()
+    x, h = inputs
+    inputs = (x.cuda(), tuple(t.cuda() for t in h) if kind == "LSTM" else h.cuda())
+    ref = autograd_grads(module, inputs, loss_fn)
+    for method in ("sequential", "wavefront", "nested"):
+        grads = trilib.gradients(module, inputs, loss_fn, method=method)
+        assert all(g.is_cuda for g in grads.values()) and max_rel(grads, ref) <= 1e-10, method
+    for jacobian in ("full", "diagonal"):
+        out = trilib.forward(module, inputs, "newton", jacobian=jacobian)
+        assert all(rel(a, b) <= 1e-10 for a, b in zip(flat(out), flat(call(module, inputs))))
