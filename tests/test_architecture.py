@@ -14,7 +14,7 @@ import networkx as nx
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trilib"
-BUILDERS = ("trilib.fnn", "trilib.rnn", "trilib.graph")
+BUILDERS = ("trilib.fnn", "trilib.rnn", "trilib.gated", "trilib.graph")
 FOUNDATION = ("trilib._checks", "trilib._numerics", "trilib._autograd", "trilib.trace")
 
 
