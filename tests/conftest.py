@@ -57,6 +57,19 @@ def deep_tanh_float32():
     return net, x, (lambda o: o[:, 0].square().sum())
 
 
+def linear_stack(act: type | None, widths, seed: int = 0, dtype=F64, last: bool = False
+                 ) -> torch.nn.Sequential:
+    """``nn.Linear`` layers of ``widths``, each followed by ``act()`` (none after the last unless
+    ``last``; ``act=None``: a linear stack), seeded."""
+    torch.manual_seed(seed)
+    mods = []
+    for l, (a, b) in enumerate(zip(widths, widths[1:])):
+        mods.append(torch.nn.Linear(a, b, dtype=dtype))
+        if act is not None and (l < len(widths) - 2 or last):
+            mods.append(act())
+    return torch.nn.Sequential(*mods)
+
+
 def random_system(sizes, upper: bool, batch: int = 3, dtype=F64, device="cpu", shared: bool = True,
                   scaled: bool = True, seed: int = 0) -> trilib.BlockBidiagonalSystem:
     """A random block bi-diagonal system with widths ``sizes`` (blocks scaled to stay O(1)):

@@ -105,3 +105,18 @@ def test_method_families_are_registry_metadata():
                                                     "doubling", "nested"}
     with pytest.raises(ValueError, match="unknown family 'fast'"):
         trilib.methods(family="fast")
+
+
+def test_no_test_helper_is_written_twice():
+    """A helper shared by test files lives in tests/conftest.py: no two test files define a
+    function with the same body (the same AST, whatever its name)."""
+    seen: dict[str, str] = {}
+    twice = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_"):
+                body = ast.dump(ast.Module(body=node.body, type_ignores=[]))
+                if body in seen and seen[body] != path.name:
+                    twice.append(f"{node.name} in {path.name} and {seen[body]}")
+                seen.setdefault(body, path.name)
+    assert not twice, f"move these helpers to tests/conftest.py: {twice}"

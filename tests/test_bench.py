@@ -7,15 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import rel
 
 import trilib
 from trilib import bench
 from trilib.viz import bench as vizbench
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
-
 
 TINY = ["--k", "2,4", "--n", "3", "--batch", "2", "--tau", "3", "--fixed-k", "3", "--fixed-n", "3",
         "--fixed-batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "0"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from conftest import rel
-from torch import nn
+from conftest import linear_stack, rel
 
 import trilib
 from trilib import ConvergenceError, ConvergenceWarning
@@ -15,14 +16,7 @@ F64 = torch.float64
 ACTS = [None, *ELEMENTWISE]
 
 
-def stack(act, widths=(3, 6, 5, 6, 4, 6, 2), seed=0, dtype=F64, last=False):
-    torch.manual_seed(seed)
-    mods = []
-    for l, (a, b) in enumerate(zip(widths, widths[1:])):
-        mods.append(nn.Linear(a, b, dtype=dtype))
-        if act is not None and (l < len(widths) - 2 or last):
-            mods.append(act())
-    return nn.Sequential(*mods)
+stack = partial(linear_stack, widths=(3, 6, 5, 6, 4, 6, 2))
 
 
 NEWTON = [{"linear_method": "sequential"}, {}]

@@ -3,9 +3,11 @@ against torch.linalg.solve_triangular on the dense matrix and torch.autograd."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from conftest import deep_tanh_float32, dense_solution, random_system, rel
+from conftest import deep_tanh_float32, dense_solution, linear_stack, random_system, rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -18,15 +20,7 @@ F64 = torch.float64
 LINEAR_METHODS = trilib.methods(trilib.BlockBidiagonalSystem, family="iterative")
 
 
-def stack(act: type | None, widths=(3, 5, 4, 6, 4, 2), seed=0, dtype=F64):
-    """Linear layers each followed by ``act()`` (none after the last; ``None``: a linear stack)."""
-    torch.manual_seed(seed)
-    mods = []
-    for l, (a, b) in enumerate(zip(widths, widths[1:])):
-        mods.append(nn.Linear(a, b, dtype=dtype))
-        if act is not None and l < len(widths) - 2:
-            mods.append(act())
-    return nn.Sequential(*mods)
+stack = partial(linear_stack, widths=(3, 5, 4, 6, 4, 2))
 
 
 def loss_fn(out):
