@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["ceil_log2", "norm", "rel_error"]
+__all__ = ["ceil_log2", "norm", "rel_error", "runs_of"]
 
 
 def ceil_log2(k: int) -> int:
@@ -42,3 +42,19 @@ def rel_error(approx: Sequence[torch.Tensor], exact: Sequence[torch.Tensor]) -> 
     num = norm([a.double() - b.double() for a, b in zip(approx, exact)])
     den = norm(exact)
     return num / den if den > 0 else num
+
+
+def runs_of(keys: Sequence) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the maximal runs of equal consecutive keys (e.g. layers of one shape,
+    stacked together).
+
+    Example:
+        >>> runs_of([8, 8, 8, 4, 8])
+        [(0, 3), (3, 4), (4, 5)]
+    """
+    out, start = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            out.append((start, i))
+            start = i
+    return out

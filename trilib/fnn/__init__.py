@@ -20,8 +20,9 @@ from torch import nn
 
 from .._autograd import loss_gradients
 from .._checks import check_finite, check_matches
+from .._numerics import runs_of
 from ..systems import BackwardProblem, BlockBidiagonalSystem, NonlinearForwardSystem, TriangularSystem
-from .layers import FNNLayer, FNNLayers, _gc_paused, _parameters, _runs_of, _with_derivative, parse_sequential
+from .layers import FNNLayer, FNNLayers, _gc_paused, _parameters, _with_derivative, parse_sequential
 
 __all__ = ["FNNLayer", "FNNLayers", "parse_sequential", "record_forward", "backward_problem",
            "forward_system"]
@@ -165,7 +166,7 @@ def record_forward(layers: Sequence[FNNLayer], x: torch.Tensor) -> FNNRecord:
     _check_input(layers, x, weights, biases)
     kinds = [_kind(layer) for layer in layers]
     keys = [(w.shape, b is None, kind) for w, b, kind in zip(weights, biases, kinds)]
-    runs = _runs_of(keys)
+    runs = runs_of(keys)
     zs: list[torch.Tensor] = [x]
     w_runs, b_runs = _stacked_parameters(weights, biases, runs)
     outputs, derivs = [], []
@@ -265,7 +266,7 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
     layers = parse_sequential(model)
     weights, biases = _parameters(layers)
     _check_input(layers, x, weights, biases)
-    _stacked_parameters(weights, biases, _runs_of([(w.shape, b is None) for w, b in zip(weights, biases)]))
+    _stacked_parameters(weights, biases, runs_of([(w.shape, b is None) for w, b in zip(weights, biases)]))
     with torch.no_grad():
         if all(layer.is_linear for layer in layers):
             return linear_forward_system(layers, x)

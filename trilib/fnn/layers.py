@@ -219,11 +219,3 @@ def _parameters(layers: Sequence[FNNLayer]) -> tuple[list[torch.Tensor], list[to
     return [p["weight"] for p in own], [p.get("bias") for p in own]
 
 
-def _runs_of(keys: Sequence) -> list[tuple[int, int]]:
-    """``(start, stop)`` of the maximal runs of equal consecutive keys."""
-    out, start = [], 0
-    for i in range(1, len(keys) + 1):
-        if i == len(keys) or keys[i] != keys[start]:
-            out.append((start, i))
-            start = i
-    return out

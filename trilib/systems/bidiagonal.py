@@ -20,6 +20,7 @@ from itertools import chain
 import torch
 
 from .._checks import check_memory
+from .._numerics import runs_of
 from .base import TriangularSystem
 
 __all__ = ["BlockBidiagonalSystem", "BlockRun", "RowRun"]
@@ -86,16 +87,6 @@ def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if all(t is first for t in tensors):
         return first.unsqueeze(0).expand(len(tensors), *first.shape)
     return torch.stack(list(tensors))
-
-
-def _runs_of(keys: Sequence) -> list[tuple[int, int]]:
-    """``(start, stop)`` of the maximal runs of equal consecutive keys."""
-    out, start = [], 0
-    for i in range(1, len(keys) + 1):
-        if i == len(keys) or keys[i] != keys[start]:
-            out.append((start, i))
-            start = i
-    return out
 
 
 class BlockBidiagonalSystem(TriangularSystem):
@@ -242,7 +233,7 @@ class BlockBidiagonalSystem(TriangularSystem):
         keys = [(tuple(m.shape), d is None) for m, d in zip(self.mats, self.scales)]
         return tuple(BlockRun(a, b, _stack(self.mats[a:b]),
                               None if keys[a][1] else _stack(self.scales[a:b]))
-                     for a, b in _runs_of(keys))
+                     for a, b in runs_of(keys))
 
     @cached_property
     def uniform_run(self) -> BlockRun | None:
@@ -265,7 +256,7 @@ class BlockBidiagonalSystem(TriangularSystem):
         if "_row_runs" in self.__dict__:
             return self._row_runs
         return tuple(RowRun(a, b, torch.stack(self.rhs[a:b]))
-                     for a, b in _runs_of([r.shape[-1] for r in self.rhs]))
+                     for a, b in runs_of([r.shape[-1] for r in self.rhs]))
 
     @cached_property
     def mats(self) -> tuple[torch.Tensor, ...]:
