@@ -6,11 +6,11 @@ The library is layered; every import points down this list, never up or sideways
 
 1. foundation: ``_checks`` (errors, config), ``_numerics``, ``_autograd``, ``trace``;
 2. ``systems`` — every system class and the backward-problem value type;
-3. the model builders ``fnn``, ``rnn``, ``graph`` (capture and example models) and the
-   ``solvers`` (one file per algorithm), which never import each other;
+3. the model builders ``fnn``, ``rnn``, ``gated`` (GRU, LSTM), ``graph`` (capture and example
+   models) and the ``solvers`` (one file per algorithm), which never import each other;
 4. ``api`` — dispatches on the model type to a builder, then solves (``backward_system``,
    ``gradients``, ``forward``, ...), and ``training`` (``backward``, ``fit``);
-5. ``bench``, ``viz``, ``figures``, ``schedule``, ``nets``, ``data``.
+5. ``bench``, ``viz``, ``distributed``, ``figures``, ``schedule``, ``nets``, ``data``.
 
 Example:
     >>> import torch, trilib
