@@ -22,6 +22,7 @@ __all__ = [
     "check_memory",
     "check_matches",
     "check_scalar_loss",
+    "recurrent_input",
 ]
 
 
@@ -173,3 +174,36 @@ def check_scalar_loss(loss: object) -> torch.Tensor:
     if not torch.isfinite(loss).all():
         raise ValueError(f"loss_fn returned a non-finite loss ({loss.item()})")
     return loss.reshape(())
+
+
+def recurrent_input(module, inputs) -> tuple[torch.Tensor, object, bool]:
+    """The input of a torch recurrent module (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``), checked.
+
+    ``inputs`` is ``x`` or ``(x, state)`` as the module takes them. Returns the time-major batched
+    ``x`` ``(τ, batch, n_in)``, the initial state as given (``None`` when absent; the builder
+    checks its shape), and whether ``x`` was unbatched.
+    """
+    from torch.nn.utils.rnn import PackedSequence
+
+    if isinstance(inputs, PackedSequence) or (isinstance(inputs, (tuple, list)) and inputs
+                                              and isinstance(inputs[0], PackedSequence)):
+        raise TypeError("x is a PackedSequence; trilib needs a padded tensor of equal-length sequences")
+    if isinstance(inputs, (tuple, list)) and len(inputs) != 2:
+        raise ValueError(f"x must be a tensor (τ, batch, n_in) or a pair (x, h0), got a "
+                         f"{type(inputs).__name__} of length {len(inputs)}")
+    x, state = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
+    ref, name = module.weight_ih_l0, type(module).__name__
+    check_matches("x", x, ref.dtype, ref.device)
+    if x.dim() not in (2, 3):
+        raise ValueError(f"x must be (τ, batch, n_in), (batch, τ, n_in) with batch_first, or "
+                         f"unbatched (τ, n_in); got shape {tuple(x.shape)}")
+    unbatched = x.dim() == 2
+    x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if module.batch_first else x)
+    tau, batch, n_in = x.shape
+    if n_in != module.input_size:
+        raise ValueError(f"x has {n_in} features but the {name} has input_size={module.input_size}")
+    if tau == 0 or batch == 0:
+        raise ValueError(f"x has an empty time or batch dimension (τ={tau}, batch={batch})")
+    check_finite("x", x)
+    return x, state, unbatched
+

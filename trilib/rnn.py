@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ._autograd import loss_gradients
-from ._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches
+from ._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches, recurrent_input
 from .systems import BackwardProblem, RNNSystem
 
 __all__ = ["RNNRecord", "RNNClassifier", "record_forward", "backward_problem", "classifier_problem"]
@@ -96,29 +96,8 @@ def _check_rnn(rnn: nn.RNN) -> None:
 
 def _split_input(rnn: nn.RNN, inputs) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``x`` or ``(x, h0)`` -> time-major batched ``x``, ``h0`` and whether x was unbatched."""
-    packed = nn.utils.rnn.PackedSequence
-    if isinstance(inputs, packed) or (isinstance(inputs, (tuple, list)) and inputs
-                                      and isinstance(inputs[0], packed)):
-        raise TypeError("x is a PackedSequence; trilib needs a padded tensor of equal-length sequences")
-    if isinstance(inputs, (tuple, list)) and len(inputs) != 2:
-        raise ValueError(f"x must be a tensor (τ, batch, n_in) or a pair (x, h0), got a "
-                         f"{type(inputs).__name__} of length {len(inputs)}")
-    if isinstance(inputs, (tuple, list)):
-        x, h0 = inputs
-    else:
-        x, h0 = inputs, None
-    ref = rnn.weight_ih_l0
-    check_matches("x", x, ref.dtype, ref.device)
-    if x.dim() not in (2, 3):
-        raise ValueError(f"x must be (τ, batch, n_in), (batch, τ, n_in) with batch_first, or "
-                         f"unbatched (τ, n_in); got shape {tuple(x.shape)}")
-    unbatched = x.dim() == 2
-    x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if rnn.batch_first else x)
-    tau, batch, n_in = x.shape
-    if n_in != rnn.input_size:
-        raise ValueError(f"x has {n_in} features but the RNN has input_size={rnn.input_size}")
-    if tau == 0 or batch == 0:
-        raise ValueError(f"x has an empty time or batch dimension (τ={tau}, batch={batch})")
+    x, h0, unbatched = recurrent_input(rnn, inputs)
+    ref, batch = rnn.weight_ih_l0, x.shape[1]
     k, n = rnn.num_layers, rnn.hidden_size
     if h0 is None:
         h0 = x.new_zeros(k, batch, n)
@@ -130,7 +109,6 @@ def _split_input(rnn: nn.RNN, inputs) -> tuple[torch.Tensor, torch.Tensor, bool]
                              "(num_layers, batch, hidden_size)")
         h0 = h0.unsqueeze(1) if unbatched else h0
         check_finite("h0", h0)
-    check_finite("x", x)
     for name, p in rnn.named_parameters():
         check_matches(name, p, ref.dtype, ref.device, owner="weight_ih_l0")
     check_finite_named([("parameter", name, p) for name, p in rnn.named_parameters()], owner="the RNN")

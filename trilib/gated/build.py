@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._autograd import loss_gradients
-from .._checks import UnsupportedLayerError, check_finite, check_matches
+from .._checks import UnsupportedLayerError, check_finite, check_matches, recurrent_input
 from ..systems import BackwardProblem, GridSystem, RecurrentForwardSystem
 from .cells import GRUCell, LSTMCell, RNNCell
 
@@ -67,29 +67,8 @@ def _check_state(name: str, h: object, expected: tuple, ref: torch.Tensor) -> to
 def split_input(module: nn.Module, inputs) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``x``, ``(x, h0)`` or, for an LSTM, ``(x, (h0, c0))`` -> time-major batched ``x``, the
     initial states ``s0`` as ``(k, batch, m)`` and whether ``x`` was unbatched."""
-    packed = nn.utils.rnn.PackedSequence
-    if isinstance(inputs, packed) or (isinstance(inputs, (tuple, list)) and inputs
-                                      and isinstance(inputs[0], packed)):
-        raise TypeError("x is a PackedSequence; trilib needs a padded tensor of equal-length sequences")
-    if isinstance(inputs, (tuple, list)):
-        if len(inputs) != 2:
-            raise ValueError(f"x must be a tensor or a pair (x, h0), got a sequence of length {len(inputs)}")
-        x, h0 = inputs
-    else:
-        x, h0 = inputs, None
-    ref, name = module.weight_ih_l0, type(module).__name__
-    check_matches("x", x, ref.dtype, ref.device)
-    if x.dim() not in (2, 3):
-        raise ValueError(f"x must be (τ, batch, n_in), (batch, τ, n_in) with batch_first, or "
-                         f"unbatched (τ, n_in); got shape {tuple(x.shape)}")
-    unbatched = x.dim() == 2
-    x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if module.batch_first else x)
-    tau, batch, n_in = x.shape
-    if n_in != module.input_size:
-        raise ValueError(f"x has {n_in} features but the {name} has input_size={module.input_size}")
-    if tau == 0 or batch == 0:
-        raise ValueError(f"x has an empty time or batch dimension (τ={tau}, batch={batch})")
-    check_finite("x", x)
+    x, h0, unbatched = recurrent_input(module, inputs)
+    ref, batch = module.weight_ih_l0, x.shape[1]
     for pname, p in module.named_parameters():
         check_matches(pname, p, ref.dtype, ref.device, owner="weight_ih_l0")
         check_finite(f"parameter {pname}", p)
