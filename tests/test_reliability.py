@@ -269,3 +269,15 @@ def test_block_jacobi_on_one_layer_and_memory_limit_on_assignment():
         trilib.config.memory_limit_bytes = old
     with pytest.raises(AttributeError, match="no setting 'memory_limit'"):
         trilib.config.memory_limit = 5
+
+
+def test_finite_check_of_many_parameters_names_the_offender_and_passes_finite_overflow():
+    from trilib._checks import check_finite_named
+
+    named = [("parameter", f"{i}.weight", torch.ones(8, 8)) for i in range(300)]
+    named += [("buffer", "steps", torch.tensor(3)), ("parameter", "big", torch.full((4,), 3e38)),
+              ("parameter", "f64", torch.ones(8, 8, dtype=torch.float64))]
+    check_finite_named(named)                       # mixed dtypes and an overflowing sum: finite
+    named[150][2][3, 4] = float("nan")
+    with pytest.raises(ValueError, match="parameter '150.weight' of the model contains 1 non-finite"):
+        check_finite_named(named)
