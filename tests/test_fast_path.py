@@ -284,3 +284,46 @@ def test_first_step_from_the_blocks_factors(scaled, upper):
             u = trilib.solve(system, method)
             for s in range(2):
                 assert rel(torch.cat([t[s] for t in u]), dense_solution(system, s)) < 1e-12, (k, method)
+
+
+# -- the training step: no second walk over the model ------------------------------------------
+def test_fnn_checks_its_own_parameters_and_backward_reuses_the_parse(monkeypatch):
+    """The FNN path checks the weights on their stacks (the error still names the parameter),
+    and trilib.backward assigns p.grad from the parse's parameter list, never walking the
+    model with named_parameters()."""
+    net = trilib.nets.mlp([3, 4, 4, 2], activation="tanh", seed=0, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    loss_fn = lambda out: out.square().sum()  # noqa: E731
+    ref = autograd_grads(net, x, loss_fn)
+    walks = []
+    monkeypatch.setattr(torch.nn.Module, "named_parameters",
+                        lambda self, *a, **kw: walks.append(self) or iter(()))
+    trilib.backward(net, x, loss_fn, method="blelloch")
+    assert not walks
+    monkeypatch.undo()
+    for name, p in net.named_parameters():
+        assert rel(p.grad, ref[name]) <= 1e-12
+    with torch.no_grad():
+        net[2].bias[1] = float("inf")
+    with pytest.raises(ValueError, match="parameter '2.bias' of the model contains 1 non-finite"):
+        trilib.backward(net, x, loss_fn, method="blelloch")
+
+
+def test_fnn_names_a_non_finite_parameter_outside_its_layers():
+    net = trilib.nets.mlp([3, 4, 2], activation="tanh", seed=0, dtype=torch.float64)
+    net.register_parameter("scale", torch.nn.Parameter(torch.tensor([float("nan")], dtype=torch.float64)))
+    with pytest.raises(ValueError, match="parameter 'scale'"):
+        trilib.gradients(net, torch.randn(2, 3, dtype=torch.float64), lambda out: out.sum())
+
+
+def test_sequential_subclass_with_its_own_forward_is_traced_not_parsed():
+    class Residual(torch.nn.Sequential):
+        def forward(self, x):
+            return x + super().forward(x)
+
+    net = Residual(torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3)).to(torch.float64)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(trilib.UnsupportedLayerError, match="Residual subclasses nn.Sequential"):
+        fnn.parse_sequential(net)
+    ours, ref = trilib.gradients(net, x, lambda out: out.sum()), autograd_grads(net, x, lambda out: out.sum())
+    assert all(rel(ours[n], ref[n]) <= 1e-12 for n in ref)

@@ -183,11 +183,11 @@ def test_time_system_and_direct_methods_for_one_layer():
     assert torch.equal(bidiagonal.to_dense(1), system.to_dense(1))
     ref = trilib.solve(system)
     for method in trilib.methods(bidiagonal, family="direct"):
-        assert rel(torch.stack(trilib.solve(bidiagonal, method)), torch.stack(ref)) <= 1e-12, method
+        assert rel(trilib.solve(bidiagonal, method).stacked(), ref.stacked()) <= 1e-12, method
     two, x2 = make("GRU", k=2, tau=4, n=3)
     grid = trilib.backward_system(two, x2, loss_fn)
     v = grid.to_grid(trilib.solve(grid))
-    assert rel(torch.stack(trilib.solve(grid.time_system(0, incoming=v[1]))), v[0]) <= 1e-12
+    assert rel(trilib.solve(grid.time_system(0, incoming=v[1])).stacked(), v[0]) <= 1e-12
 
 
 def test_nested_steps_with_formed_blocks():
@@ -254,7 +254,7 @@ def test_row_t_is_solved_after_t_plus_one_iterations():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             s, trace = trilib.solve(system, "newton", tol=0, max_iterations=i, return_trace=True)
-        residual = torch.stack(s) - torch.stack(system.apply_offdiagonal(s))   # F(s), batched as Newton
+        residual = s.stacked() - torch.stack(system.apply_offdiagonal(s))   # F(s), batched as Newton
         assert torch.all(residual[:i] == 0), i                                  # rows 0..i-1 exact
         solved = trace.info["solved_rows"]
         assert len(solved) <= i and all(r >= j for j, r in enumerate(solved, 1))

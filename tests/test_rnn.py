@@ -162,7 +162,7 @@ def test_time_system_of_lower_layer():
     system = trilib.backward_system(rnn, x, loss_fn)
     v = system.to_grid(trilib.solve(system, "sequential"))
     v0 = trilib.solve(system.time_system(0, incoming=v[1]), "sequential")
-    assert torch.allclose(torch.stack(v0), v[0], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(v0.stacked(), v[0], rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="incoming"):
         system.time_system(0)
     with pytest.raises(IndexError, match="layer"):

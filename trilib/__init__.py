@@ -26,13 +26,20 @@ from ._checks import MemoryLimitError, UnsupportedLayerError, config
 from .api import backward_system, compare_to_autograd, forward, forward_system, gradients
 from .solvers import methods, solve
 from .solvers._sweeps import ConvergenceError, ConvergenceWarning
-from .systems import BlockBidiagonalSystem, GraphSystem, NonlinearForwardSystem, RNNSystem, TriangularSystem
+from .systems import (
+    BlockBidiagonalSystem,
+    BlockVector,
+    GraphSystem,
+    NonlinearForwardSystem,
+    RNNSystem,
+    TriangularSystem,
+)
 from .training import backward
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockBidiagonalSystem", "ConvergenceError", "ConvergenceWarning", "GraphSystem",
+    "BlockBidiagonalSystem", "BlockVector", "ConvergenceError", "ConvergenceWarning", "GraphSystem",
     "MemoryLimitError", "NonlinearForwardSystem", "RNNSystem", "TriangularSystem",
     "UnsupportedLayerError", "backward", "backward_system", "compare_to_autograd", "config", "data",
     "forward", "forward_system", "gradients", "graph", "methods", "nets", "rnn", "solve", "solvers",

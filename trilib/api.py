@@ -31,7 +31,9 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     builder; any other module (a Sequential with other layers too) to the graph builder, which
     traces it with ``torch.fx``.
 
-    Every parameter and buffer is checked to be finite first (the error names it). Terms of the
+    Every parameter and buffer that enters the system is checked to be finite before the
+    forward pass (the error names it): by the FNN builder on its stacked weights, for any other
+    model every parameter and buffer of the module. Terms of the
     loss that read parameters directly, not through the output (weight decay written inside
     ``loss_fn``), are differentiated by autograd with the output held fixed and added to the
     parameter gradients, so :func:`gradients` returns the full ``dE/dp``.
@@ -40,7 +42,6 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (output -> scalar loss), got {type(loss_fn).__name__}")
-    check_finite_named(module_tensors(model))
     loss_fn, direct = _with_direct_terms(model, loss_fn)
     problem = _dispatch(model, x, loss_fn)
     if not direct:
@@ -53,10 +54,18 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
             out[name] = out[name] + g
         return out
 
-    return BackwardProblem(problem.system, problem.loss, parameter_gradients)
+    return BackwardProblem(problem.system, problem.loss, parameter_gradients, problem.named_parameters)
 
 
 def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
+    if isinstance(model, nn.Sequential):
+        try:
+            layers = fnn.parse_sequential(model)
+        except UnsupportedLayerError:
+            layers = None      # not an FNN (e.g. LayerNorm inside): the graph path takes it
+        if layers is not None:
+            return fnn.backward_problem(model, layers, x, loss_fn)     # checks its own weights
+    check_finite_named(module_tensors(model))
     if isinstance(model, nn.RNN):
         return rnn.backward_problem(model, x, loss_fn)
     if isinstance(model, rnn.RNNClassifier):
@@ -65,13 +74,6 @@ def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
         return gated.backward_problem(model, x, loss_fn)
     if isinstance(model, gated.GatedClassifier):        # its forward_method may need a solver
         return gated.classifier_problem(model, x, loss_fn, solve=solve)
-    if isinstance(model, nn.Sequential):
-        try:
-            layers = fnn.parse_sequential(model)
-        except UnsupportedLayerError:
-            layers = None      # not an FNN (e.g. LayerNorm inside): the graph path takes it
-        if layers is not None:
-            return fnn.backward_problem(model, layers, x, loss_fn)
     return graph.backward_problem(model, x, loss_fn)
 
 

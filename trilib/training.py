@@ -31,7 +31,7 @@ def backward(model: nn.Module, x: torch.Tensor, loss_fn: Callable, method: str =
     check_method(method)
     problem = backward_problem(model, x, loss_fn)
     grads = problem.parameter_gradients(solve(problem.system, method=method, **options))
-    for name, p in model.named_parameters():
+    for name, p in problem.named_parameters or model.named_parameters():
         if p.requires_grad:
             p.grad = grads[name] if p.grad is None else p.grad + grads[name]
     return problem.loss

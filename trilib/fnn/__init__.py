@@ -19,9 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._autograd import loss_gradients
-from .._checks import check_finite, check_matches
+from .._checks import check_finite, check_finite_named, check_matches
 from .._numerics import runs_of
-from ..systems import BackwardProblem, BlockBidiagonalSystem, NonlinearForwardSystem, TriangularSystem
+from ..systems import (
+    BackwardProblem,
+    BlockBidiagonalSystem,
+    BlockVector,
+    NonlinearForwardSystem,
+    TriangularSystem,
+)
 from .layers import FNNLayer, FNNLayers, _gc_paused, _parameters, _with_derivative, parse_sequential
 
 __all__ = ["FNNLayer", "FNNLayers", "parse_sequential", "record_forward", "backward_problem",
@@ -32,6 +38,8 @@ def _check_input(layers: Sequence[FNNLayer], x: torch.Tensor, weights=None, bias
     if weights is None:
         weights, biases = _parameters(layers)
     first = weights[0]
+    if first.device.type == "meta":             # no values to check, nor to compute with
+        check_finite_named(_named_parameters(layers, weights, biases))
     want = (first.dtype, first.device)
     if any(p.dtype != want[0] for p in chain(weights, biases) if p is not None):
         for p in chain(weights, biases):
@@ -49,7 +57,8 @@ def _check_input(layers: Sequence[FNNLayer], x: torch.Tensor, weights=None, bias
     check_finite("x", x)
 
 
-def _stacked_parameters(weights, biases, runs) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+def _stacked_parameters(layers, weights, biases, runs
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """``W_l`` and ``b_l`` stacked per run of layers, checked finite (one reduction per stack; the
     per-parameter check then names the culprit). A device mismatch is reported by name."""
     with torch.no_grad():
@@ -66,10 +75,16 @@ def _stacked_parameters(weights, biases, runs) -> tuple[list[torch.Tensor], list
         # per-parameter check); one synchronisation for the whole model
         stacks = [t for t in chain(w_runs, b_runs) if t is not None]
         if not torch.stack([t.sum() for t in stacks]).isfinite().all():
-            params = [p for p in chain.from_iterable(zip(weights, biases)) if p is not None]
-            for i, p in enumerate(params):
-                check_finite(f"parameter {i} of the model", p)
+            check_finite_named(_named_parameters(layers, weights, biases))
     return w_runs, b_runs
+
+
+def _named_parameters(layers, weights, biases) -> list[tuple[str, str, torch.Tensor]]:
+    """``("parameter", name, p)`` for :func:`check_finite_named`: the model's names when the
+    layers were parsed from it, else the parameters' positions."""
+    named = layers.params if isinstance(layers, FNNLayers) else [
+        (f"{i}", p) for i, p in enumerate(chain.from_iterable(zip(weights, biases))) if p is not None]
+    return [("parameter", name, p) for name, p in named]
 
 
 # f'(y) from z = f(y) alone, for activations whose derivative needs nothing else: computed
@@ -168,7 +183,7 @@ def record_forward(layers: Sequence[FNNLayer], x: torch.Tensor) -> FNNRecord:
     keys = [(w.shape, b is None, kind) for w, b, kind in zip(weights, biases, kinds)]
     runs = runs_of(keys)
     zs: list[torch.Tensor] = [x]
-    w_runs, b_runs = _stacked_parameters(weights, biases, runs)
+    w_runs, b_runs = _stacked_parameters(layers, weights, biases, runs)
     outputs, derivs = [], []
     with torch.no_grad():
         z = x
@@ -223,10 +238,10 @@ def parameter_gradients(model: nn.Module, rec: FNNRecord,
     layers = rec.layers
     if not isinstance(layers, FNNLayers):
         layers = parse_sequential(model)
-    v = list(v)
+    v = BlockVector.of(v)
     per_run = []                                # (first layer, dW views, db views or None)
     for (a, b), bias in zip(rec.runs, rec.biases):
-        vs = torch.stack(v[a:b])                                   # (g, batch, n_l)
+        vs = v.stacked(a, b)                                       # (g, batch, n_l)
         if a > 0:                                                  # z_{l-1}: (g, batch, n_{l-1})
             inputs = rec.rows(rec.outputs, a - 1, b - 1)
         else:
@@ -266,7 +281,8 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
     layers = parse_sequential(model)
     weights, biases = _parameters(layers)
     _check_input(layers, x, weights, biases)
-    _stacked_parameters(weights, biases, runs_of([(w.shape, b is None) for w, b in zip(weights, biases)]))
+    runs = runs_of([(w.shape, b is None) for w, b in zip(weights, biases)])
+    _stacked_parameters(layers, weights, biases, runs)
     with torch.no_grad():
         if all(layer.is_linear for layer in layers):
             return linear_forward_system(layers, x)
@@ -276,7 +292,14 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
 def backward_problem(model: nn.Sequential, layers: Sequence[FNNLayer], x: torch.Tensor,
                      loss_fn: Callable) -> BackwardProblem:
     """The :class:`~trilib.systems.BackwardProblem` of an FNN whose ``layers`` were parsed from
-    ``model`` by :func:`parse_sequential`."""
+    ``model`` by :func:`parse_sequential`.
+
+    Every tensor that enters the system is checked finite before the forward pass: the Linear
+    layers' weights and biases on their stacks (one reduction per run of layers), any other
+    parameter one by one. (An FNN reads no buffer.)
+    """
+    if not layers.plain:
+        check_finite_named(_named_parameters(layers, None, None))
     with _gc_paused():
         rec = record_forward(layers, x)
     loss, (g,) = loss_gradients([rec.zs[-1]], loss_fn)
@@ -286,4 +309,4 @@ def backward_problem(model: nn.Sequential, layers: Sequence[FNNLayer], x: torch.
         with _gc_paused():
             return parameter_gradients(model, rec, v)
 
-    return BackwardProblem(system, loss, gradients)
+    return BackwardProblem(system, loss, gradients, layers.params)

@@ -133,12 +133,17 @@ def parse_sequential(model: nn.Module) -> FNNLayers:
 
     Nested ``nn.Sequential`` containers are flattened. Raises:
         UnsupportedLayerError: a module that is neither ``nn.Linear`` nor an element-wise
-            activation, or an activation before the first ``nn.Linear``.
+            activation, an activation before the first ``nn.Linear``, or a subclass of
+            ``nn.Sequential`` with its own ``forward`` (it may not chain its layers).
         ValueError: an empty model, or consecutive Linear layers whose widths do not chain.
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"expected an nn.Sequential of nn.Linear and activations, "
                         f"got {type(model).__name__}")
+    if type(model).forward is not nn.Sequential.forward:
+        raise UnsupportedLayerError(
+            f"{type(model).__name__} subclasses nn.Sequential with its own forward, which need not "
+            "apply its layers one after the other; trilib.graph traces what it computes instead")
     with _gc_paused():
         objects: list = []
         sizes: list[int] = []

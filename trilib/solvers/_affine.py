@@ -41,7 +41,7 @@ import torch
 
 from .._checks import MemoryLimitError, _human, check_memory
 from .._numerics import ceil_log2
-from ..systems import BlockBidiagonalSystem
+from ..systems import BlockBidiagonalSystem, BlockVector
 from ..systems.bidiagonal import BlockRun
 from ..trace import StridedPairs
 
@@ -193,18 +193,15 @@ class AffineRows:
         else:
             c_t.addcmul_(d_t, prod.transpose(1, 2))
 
-    def solution(self) -> list[torch.Tensor]:
-        """The ``k`` blocks ``(batch, n_l)``: views of ``c``, unpadded one run of widths at a time.
-        The arena is given back, grown to this solve's needs when they fit in ``ARENA_BYTES``."""
+    def solution(self) -> BlockVector:
+        """The ``k`` blocks ``(batch, n_l)``: the stack ``c`` itself, as a :class:`BlockVector`
+        (no tensor per block is made unless one is asked for). The arena is given back, grown
+        to this solve's needs when they fit in ``ARENA_BYTES``."""
         _ARENA.buf = self._arena
         if self._arena is None or self._used > self._arena.numel():
             nbytes = self._used * self._like.element_size()
             _ARENA.buf = self._like.new_empty(self._used) if nbytes <= ARENA_BYTES else self._arena
-        n, out = self.c.shape[-1], []
-        for run in self.system.row_runs:
-            rows = self.c[run.start:run.stop]
-            out.extend((rows if run.width == n else rows[..., :run.width]).unbind(0))
-        return out
+        return BlockVector.from_stack(self.c, self.system.block_sizes)
 
 
 def check_memory_limit(memory_limit: object) -> int | None:
@@ -271,8 +268,10 @@ def affine_rows(system: BlockBidiagonalSystem, method: str, live_products: int,
 def _rhs_stack(system: BlockBidiagonalSystem, n: int) -> torch.Tensor:
     """The right-hand side as one ``(k, batch, n)`` stack (a copy: the solver writes into it)."""
     runs = system.row_runs
-    if len(runs) == 1 and runs[0].width == n:
-        return runs[0].rhs.clone(memory_format=torch.contiguous_format)
+    if all(run.width == n for run in runs):      # nothing to pad: one copy, no zero fill
+        if len(runs) == 1:
+            return runs[0].rhs.clone(memory_format=torch.contiguous_format)
+        return torch.cat([run.rhs for run in runs])
     c = runs[0].rhs.new_zeros(system.k, system.batch_size, n)
     for run in runs:
         c[run.start:run.stop, :, :run.width] = run.rhs

@@ -1,18 +1,20 @@
 """The solver registry and :func:`solve` (the package ``trilib.solvers`` re-exports them).
 
-Each method is a pure function ``(system, trace, **options) -> list of k tensors`` registered
-with :func:`register` for the system classes it handles, and tagged with its **families**
+Each method is a pure function ``(system, trace, **options) -> k blocks`` (a list, or a
+:class:`~trilib.systems.BlockVector` over the stack it computed in), registered with
+:func:`register` for the system classes it handles and tagged with its **families**
 (:data:`FAMILIES`), so that lists of methods are asked of the registry
-(``methods(system, family="direct")``) rather than written out by hand. Instrumentation goes
-into the trace, which is ``None`` when the caller asked for none (``return_trace=False``): a
-solver then records nothing and builds no pairs. There is no second copy of any algorithm.
+(``methods(system, family="direct")``) rather than written out by hand. :func:`solve` hands
+every solution back as a ``BlockVector``. Instrumentation goes into the trace, which is
+``None`` when the caller asked for none (``return_trace=False``): a solver then records nothing
+and builds no pairs. There is no second copy of any algorithm.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..systems import TriangularSystem
+from ..systems import BlockVector, TriangularSystem
 from ..trace import Trace
 
 __all__ = ["FAMILIES", "register", "methods", "families", "solve", "check_method"]
@@ -105,7 +107,8 @@ def solve(system: TriangularSystem, method: str = "sequential", return_trace: bo
         **options: method-specific options (see each method's docstring).
 
     Returns:
-        A list of ``k`` tensors, one per block row, each ``(batch, n_l)``; with
+        The solution as a :class:`~trilib.systems.BlockVector`: a sequence of ``k`` tensors, one
+        per block row, each ``(batch, n_l)`` (``list(v)`` makes it a list); with
         ``return_trace=True`` the pair ``(solution, trace)``.
 
     Example:
@@ -125,5 +128,5 @@ def solve(system: TriangularSystem, method: str = "sequential", return_trace: bo
         raise ValueError(f"method {method!r} does not apply to a {type(system).__name__}; "
                          f"methods for it: {', '.join(methods(system))}")
     trace = Trace(method) if return_trace else None     # solvers record nothing into None
-    solution = fn(system, trace, **options)
+    solution = BlockVector.of(fn(system, trace, **options))
     return (solution, trace) if return_trace else solution

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..systems import BlockBidiagonalSystem, NonlinearForwardSystem, TriangularSystem
+from ..systems import BlockBidiagonalSystem, BlockVector, NonlinearForwardSystem, TriangularSystem
 
 __all__ = ["ConvergenceWarning", "ConvergenceError", "exact_count", "own_trace", "slabs", "sweep_loop"]
 
@@ -92,8 +92,9 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
 def check_blocks(name: str, system: TriangularSystem, blocks) -> list[torch.Tensor]:
     if blocks is None:
         return None
-    if not isinstance(blocks, (list, tuple)) or len(blocks) != system.k:
-        got = f"{len(blocks)} blocks" if isinstance(blocks, (list, tuple)) else type(blocks).__name__
+    sequence = isinstance(blocks, (list, tuple, BlockVector))
+    if not sequence or len(blocks) != system.k:
+        got = f"{len(blocks)} blocks" if sequence else type(blocks).__name__
         raise ValueError(f"{name} must be a list of k = {system.k} tensors, got {got}")
     for i, (b, r) in enumerate(zip(blocks, system.rhs)):
         if not isinstance(b, torch.Tensor) or b.shape != r.shape:

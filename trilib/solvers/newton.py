@@ -102,7 +102,7 @@ def newton(system, trace, *, linear_method: str = "recursive_doubling", linear_o
         else:                                           # no inner pairs (nor their host syncs)
             du = solve(jac, method=linear_method, **linear_options)
             record_step(trace, pairs, system.k)
-        u = torch._foreach_add(list(u), du)
+        u = torch._foreach_add(list(u), list(du))
         jac = _linearize(system, u)                     # the next Jacobian, and -F(u)
         return u, jac.rhs
 

@@ -143,7 +143,7 @@ def _linear_solve(a, b, jacobian, linear_method, linear_options, record):
     jac = BlockBidiagonalSystem(list(a[1:]), [None] * (L - 1), list(b), upper=False, symbol="δ")
     out = solve(jac, method=linear_method, return_trace=record, **linear_options)
     delta, inner = out if record else (out, None)
-    return torch.stack(delta), inner
+    return delta.stacked(), inner
 
 
 @register("newton", RecurrentForwardSystem, family="iterative")

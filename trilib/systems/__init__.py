@@ -7,7 +7,8 @@
 * :class:`RNNSystem` — the same grid for ``nn.RNN``, blocks factorised;
 * :class:`RecurrentForwardSystem` — a recurrent network's forward pass ``F(s) = 0`` over time;
 * :class:`GraphSystem` — a computation graph's pattern;
-* :class:`BackwardProblem` — a system with its loss and the map to parameter gradients.
+* :class:`BackwardProblem` — a system with its loss and the map to parameter gradients;
+* :class:`BlockVector` — a solution ``(u_1, ..., u_k)``, what every solve returns.
 """
 
 from .base import TriangularSystem
@@ -18,6 +19,8 @@ from .nonlinear import NonlinearForwardSystem
 from .problem import BackwardProblem
 from .recurrent import RecurrentForwardSystem
 from .rnn import ORDERS, RNNSystem
+from .vector import BlockVector
 
-__all__ = ["BackwardProblem", "BlockBidiagonalSystem", "GraphNode", "GraphSystem", "GridSystem",
-           "NonlinearForwardSystem", "ORDERS", "RNNSystem", "RecurrentForwardSystem", "TriangularSystem"]
+__all__ = ["BackwardProblem", "BlockBidiagonalSystem", "BlockVector", "GraphNode", "GraphSystem",
+           "GridSystem", "NonlinearForwardSystem", "ORDERS", "RNNSystem", "RecurrentForwardSystem",
+           "TriangularSystem"]

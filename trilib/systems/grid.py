@@ -18,6 +18,7 @@ import torch
 
 from .base import TriangularSystem
 from .bidiagonal import BlockBidiagonalSystem
+from .vector import BlockVector
 
 __all__ = ["GridSystem", "ORDERS"]
 
@@ -90,7 +91,7 @@ class GridSystem(TriangularSystem):
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         self.order = order
         self.r = r
-        self.rhs = self.to_blocks(r)
+        self.rhs = self.to_blocks(r).blocks
 
     # -- the grid ----------------------------------------------------------------------------
     @property
@@ -115,16 +116,16 @@ class GridSystem(TriangularSystem):
         """Block row of unknown ``v_{l,t}`` (0-based) in this system's ordering."""
         return l * self.tau + t if self.order == "layer" else t * self.layers + l
 
-    def to_blocks(self, grid: torch.Tensor) -> list[torch.Tensor]:
-        """A ``(k, τ, batch, m)`` grid as the list of blocks in this ordering."""
+    def to_blocks(self, grid: torch.Tensor) -> BlockVector:
+        """A ``(k, τ, batch, m)`` grid as the blocks in this ordering (views of one stack)."""
         seq = grid if self.order == "layer" else grid.transpose(0, 1)
-        return list(seq.reshape(-1, *grid.shape[2:]).unbind(0))
+        return BlockVector.from_stack(seq.reshape(-1, *grid.shape[2:]))
 
     def to_grid(self, u: Sequence[torch.Tensor]) -> torch.Tensor:
         """The inverse of :meth:`to_blocks`."""
         self._check_solution(u)
         k, tau = self.grid_shape
-        flat = torch.stack(list(u))
+        flat = BlockVector.of(u).stacked()
         if self.order == "layer":
             return flat.reshape(k, tau, *flat.shape[1:])
         return flat.reshape(tau, k, *flat.shape[1:]).transpose(0, 1)
@@ -171,7 +172,7 @@ class GridSystem(TriangularSystem):
         v = self.to_grid(u)
         v_depth, v_time = torch.zeros_like(v), torch.zeros_like(v)
         v_depth[:-1], v_time[:, :-1] = v[1:], v[:, 1:]
-        return self.to_blocks(self.couple(slice(None), slice(None), v_depth, v_time))
+        return list(self.to_blocks(self.couple(slice(None), slice(None), v_depth, v_time)))
 
     def _block(self, kind: str, l: int, t: int, sample: int) -> torch.Tensor:
         return (self.e if kind == "depth" else self.p)[l, t, sample]

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from .base import TriangularSystem
+from .vector import BlockVector
 
 __all__ = ["RecurrentForwardSystem"]
 
@@ -91,14 +92,14 @@ class RecurrentForwardSystem(TriangularSystem):
         """Block row of ``s_{l,t}`` (0-based)."""
         return l * self.x.shape[0] + t
 
-    def to_blocks(self, grid: torch.Tensor) -> list[torch.Tensor]:
-        """A ``(k, τ, batch, m)`` grid as the list of k·τ blocks."""
-        return list(grid.reshape(-1, *grid.shape[2:]).unbind(0))
+    def to_blocks(self, grid: torch.Tensor) -> BlockVector:
+        """A ``(k, τ, batch, m)`` grid as its k·τ blocks (views of one stack)."""
+        return BlockVector.from_stack(grid.reshape(-1, *grid.shape[2:]))
 
     def to_grid(self, u: Sequence[torch.Tensor]) -> torch.Tensor:
         """The k·τ blocks as a ``(k, τ, batch, m)`` grid."""
         self._check_solution(u)
-        return torch.stack(list(u)).reshape(*self.grid_shape, *u[0].shape)
+        return BlockVector.of(u).stacked().reshape(*self.grid_shape, *u[0].shape)
 
     def layer_input(self, l: int, grid: torch.Tensor) -> torch.Tensor:
         """The input sequence of layer ``l``: ``x`` for the first, else ``h`` of layer ``l - 1``
@@ -134,7 +135,7 @@ class RecurrentForwardSystem(TriangularSystem):
         with torch.no_grad():
             out = torch.stack([cell.step(cell.project(self.layer_input(l, grid)), self.previous(l, grid[l]))
                                for l, cell in enumerate(self.cells)])
-        return self.to_blocks(out)
+        return list(self.to_blocks(out))
 
     def dense_blocks(self, sample: int = 0) -> Iterator[tuple[int, int, torch.Tensor]]:
         """The Jacobian's blocks at the forward solution: ``∂cell/∂s`` at ``(l*τ+t, l*τ+t-1)`` and

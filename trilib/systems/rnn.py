@@ -104,7 +104,7 @@ class RNNSystem(GridSystem):
         out = torch.zeros_like(v)
         out[:-1] += v[1:] @ self.w_ih.unsqueeze(1)        # W_{l+1}^T v_{l+1,t}
         out[:, :-1] += v[:, 1:] @ self.w_hh.unsqueeze(1)  # U_l^T v_{l,t+1}
-        return self.to_blocks(self.d * out)
+        return list(self.to_blocks(self.d * out))
 
     def _block(self, kind: str, l: int, t: int, sample: int) -> torch.Tensor:
         w = self.w_ih[l] if kind == "depth" else self.w_hh[l]
