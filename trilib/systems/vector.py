@@ -55,7 +55,7 @@ class BlockVector(Sequence):
             raise ValueError("stack must be a tensor (k, ..., n) with one row per block")
         k, n = stack.shape[0], stack.shape[-1]
         widths = (n,) * k if widths is None else tuple(widths)
-        if len(widths) != k or any(not 0 <= w <= n for w in widths):
+        if len(widths) != k or (k and not 0 <= min(widths) <= max(widths) <= n):
             raise ValueError(f"widths must give k = {k} block widths in [0, {n}], got {len(widths)}")
         out = cls.__new__(cls)
         out._blocks, out._stack, out._widths = None, stack, widths
