@@ -50,8 +50,7 @@ def test_cli_writes_results_and_figure(tmp_path, capsys):
         assert {"autograd", "sequential"} < steps and len(steps & direct) == 1
     assert data["machine"]["torch"] == torch.__version__ and data["machine"]["threads"] >= 1
     assert data["machine"]["recorded"] and data["command"].startswith("python -m trilib.bench")
-    if bench.rnn_supported():
-        assert any(r["suite"] == "rnn" for r in data["rows"])
+    assert any(r["suite"] == "rnn" for r in data["rows"])
 
 
 def test_sizes_mean_what_they_say(monkeypatch, tmp_path):
@@ -63,7 +62,6 @@ def test_sizes_mean_what_they_say(monkeypatch, tmp_path):
     record = lambda sizes, sweep: calls.append((*sizes, sweep)) or []  # noqa: E731
     monkeypatch.setattr(cli, "run_mlp", lambda ks, ns, bs, **kw: record((ks, ns, bs), kw["sweep"]))
     monkeypatch.setattr(cli, "run_rnn", lambda taus, ns, bs, **kw: record((taus, ns, bs), "tau"))
-    monkeypatch.setattr(cli, "rnn_supported", lambda: True)
     quiet = ["--out", str(tmp_path), "--figures", ""]
     cli.main(["--k", "64,256", "--n", "8"] + quiet)
     assert calls == [([64, 256], [8], [4], "k"), ([16, 64, 256], [8], [4], "tau")]

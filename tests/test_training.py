@@ -50,8 +50,6 @@ def test_training_matches_autograd(method, autograd_run):
 
 
 def test_training_rnn_matches_autograd():
-    if not __import__("trilib.bench", fromlist=["rnn_supported"]).rnn_supported():
-        pytest.skip("trilib has no nn.RNN system builder yet")
     torch.manual_seed(0)
     base = torch.nn.RNN(3, 5, batch_first=True, dtype=torch.float64)
     x = torch.randn(4, 6, 3, dtype=torch.float64)

@@ -13,6 +13,7 @@ from trilib import bench
 from trilib.viz.compare import (
     SPEEDUP,
     crossover_report,
+    groups,
     method_colors,
     plot_speedups,
     speedup_table,
@@ -106,3 +107,27 @@ def test_speedups_per_method_and_metric():
     assert speedups(result) == {"autograd": {4: 1.0, 64: 1.0}, "parallel_cyclic_reduction": {4: 0.5, 64: 2.0},
                                 "jacobi": {4: 4.0, 64: 0.25}}
     assert speedups(result, metric="step") == {}
+
+
+def test_a_sweep_at_two_widths_is_two_series_never_mixed():
+    # the same depths at n = 4 and n = 8: autograd 2 s / 8 s at n = 4, 1 s / 1 s at n = 8
+    result = _result()
+    result["rows"] += [dict(r, n=8, median_s=1.0) for r in _result()["rows"]]
+    assert groups(result) == [{"n": 4, "batch": 2}, {"n": 8, "batch": 2}]
+    with pytest.raises(ValueError, match=r"several fixed sizes .*fixed=\{'n': 4, 'batch': 2\}"):
+        speedups(result)
+    assert speedups(result, fixed={"n": 4})["parallel_cyclic_reduction"] == {4: 0.5, 64: 2.0}
+    assert speedups(result, fixed={"n": 8})["parallel_cyclic_reduction"] == {4: 1.0, 64: 1.0}
+    assert speedup_table(result, fixed={"n": 8}).splitlines()[0].endswith("by k (n=8)")
+    fig = plot_speedups(result)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles[:2] == ["MLP, n=4, batch=2", "MLP, n=8, batch=2"]
+    matplotlib.pyplot.close(fig)
+
+
+def test_solve_speedups_are_against_autograds_backward():
+    result = _result()
+    result["rows"] += [dict(r, metric="solve", median_s=1.0) for r in result["rows"]
+                       if r["method"] != "autograd"]
+    assert speedups(result, metric="solve")["parallel_cyclic_reduction"] == {4: 2.0, 64: 8.0}
+    assert "8000.000" in speedup_table(result, metric="solve")

@@ -29,14 +29,14 @@ Example:
 """
 
 from .peers import JAX_METHODS, associative_scan_solve, jax_info
-from .report import DIRECT, crossover, load_results, save_results, table
-from .suites import AUTOGRAD, SCAN, rnn_supported, run_mlp, run_rnn
+from .report import DIRECT, crossover, load_results, save_results, summary, table
+from .suites import AUTOGRAD, SCAN, run_mlp, run_rnn
 from .timing import device_name, measure, median_times
 
 __all__ = [
     "AUTOGRAD", "DIRECT", "JAX_METHODS", "SCAN", "associative_scan_solve", "crossover", "device_name",
-    "jax_info", "load_results", "main", "measure", "median_times", "rnn_supported", "run_mlp", "run_rnn",
-    "save_results", "table",
+    "jax_info", "load_results", "main", "measure", "median_times", "run_mlp", "run_rnn",
+    "save_results", "summary", "table",
 ]
 
 

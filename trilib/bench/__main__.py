@@ -17,7 +17,7 @@ import torch
 from ..solvers import methods as registered_methods
 from .peers import JAX_METHODS, jax_info, limit_jax_threads
 from .report import crossovers, save_results, summary, table
-from .suites import AUTOGRAD, SCAN, rnn_supported, run_mlp, run_rnn
+from .suites import AUTOGRAD, SCAN, run_mlp, run_rnn
 from .timing import device_name
 
 __all__ = ["main", "parser"]
@@ -149,11 +149,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "mlp" in suites:
         rows += _mlp_rows(args, common)
     if "rnn" in suites:
-        if rnn_supported():
-            rows += run_rnn(args.tau, args.n or [args.fixed_n], args.batch or [args.fixed_batch],
-                            sweep="tau", **common)
-        else:
-            notes.append("rnn: trilib cannot build nn.RNN systems yet; suite skipped")
+        rows += run_rnn(args.tau, args.n or [args.fixed_n], args.batch or [args.fixed_batch],
+                        sweep="tau", **common)
     if "gated" in suites:
         from .gated import run_gated
 

@@ -18,7 +18,7 @@ from ..solvers import methods as registered_methods
 from .peers import JAX_METHODS, associative_scan_solve, jax_info, jax_solvers, scan_applies
 from .timing import measure
 
-__all__ = ["AUTOGRAD", "SCAN", "associative_scan_solve", "run_mlp", "run_rnn", "rnn_supported"]
+__all__ = ["AUTOGRAD", "SCAN", "associative_scan_solve", "run_mlp", "run_rnn"]
 
 AUTOGRAD = "autograd"
 SCAN = "associative_scan"
@@ -173,16 +173,6 @@ def run_mlp(ks: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
     return rows
 
 
-def rnn_supported() -> bool:
-    """Whether trilib can build the backward system of an ``nn.RNN`` (RNN support landed)."""
-    try:
-        backward_problem(nn.RNN(2, 2, batch_first=True), torch.randn(1, 2, 2),
-                         lambda out: out[0].sum() if isinstance(out, tuple) else out.sum())
-        return True
-    except (TypeError, NotImplementedError):
-        return False
-
-
 def _rnn_loss(out) -> torch.Tensor:
     out = out[0] if isinstance(out, tuple) else out
     return out.square().mean()
@@ -195,12 +185,9 @@ def run_rnn(taus: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
             progress: Callable[[str], None] | None = None) -> list[dict]:
     """Backward of a single-layer tanh ``nn.RNN(n, n, batch_first=True)`` over τ time steps.
 
-    Same arguments and rows as :func:`run_mlp` (``tau`` set, ``k = 1``). Returns no rows when
-    trilib cannot build RNN systems (see :func:`rnn_supported`).
+    Same arguments and rows as :func:`run_mlp` (``tau`` set, ``k = 1``).
     """
     device = torch.device(device)
-    if not rnn_supported():
-        return []
     rows = []
     for tau in taus:
         for n in ns:

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 from ..systems import TriangularSystem
 from .sparsity import spy
 
-__all__ = ["SPEEDUP", "crossover_report", "method_colors", "plot_speedups", "speedup_table",
+__all__ = ["SPEEDUP", "crossover_report", "groups", "method_colors", "plot_speedups", "speedup_table",
            "speedups", "spy_side_by_side"]
 
 #: The axis label and table header of every speed-up in this module.
@@ -93,18 +93,58 @@ def spy_side_by_side(systems: Sequence[TriangularSystem], titles: Sequence[str] 
 
 # -- benchmark results -----------------------------------------------------------------------
 def _rows(result_or_rows, metric: str) -> list[dict]:
+    """The measured rows of ``metric``; a solve is compared with autograd's backward (autograd
+    has no separate solve), so for ``"solve"`` autograd's backward rows come along."""
     rows = result_or_rows["rows"] if isinstance(result_or_rows, dict) else list(result_or_rows)
-    return [r for r in rows if r["metric"] == metric and not math.isnan(r["median_s"])]
+    base = (metric, "autograd") if metric != "solve" else ("backward", "autograd")
+    return [r for r in rows if not math.isnan(r["median_s"])
+            and (r["metric"] == metric or (r["metric"], r["method"]) == base)]
 
 
-def speedups(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: str = "backward"
-             ) -> dict[str, dict[int, float]]:
+#: The sizes held fixed in each sweep: a sweep run at several of them has one series per value.
+_FIXED = {"k": ("n", "batch"), "n": ("k", "batch"), "batch": ("k", "n"), "tau": ("n", "batch")}
+
+
+def groups(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: str = "backward"
+           ) -> list[dict[str, int]]:
+    """The values of the other sizes at which a sweep was run, one dict per series (e.g.
+    ``[{"n": 8, "batch": 4}, {"n": 16, "batch": 4}]`` for a depth sweep at two widths).
+
+    Example:
+        >>> rows = [dict(suite="mlp", sweep="k", metric="backward", k=k, n=n, batch=4,
+        ...              method="autograd", median_s=1.0) for k in (4, 64) for n in (8, 16)]
+        >>> groups(rows)
+        [{'n': 8, 'batch': 4}, {'n': 16, 'batch': 4}]
+    """
+    keys = _FIXED[sweep]
+    combos = {tuple(r.get(key) for key in keys) for r in _rows(result_or_rows, metric)
+              if r["suite"] == suite and r.get("sweep") == sweep}
+    order = lambda combo: tuple((v is None, v or 0) for v in combo)  # noqa: E731 -- a size may be absent
+    return [dict(zip(keys, combo)) for combo in sorted(combos, key=order)]
+
+
+def _series(rows: Sequence[dict], suite: str, sweep: str, fixed: dict | None) -> list[dict]:
+    """The rows of one series; an error when the sweep was run at several fixed sizes and
+    ``fixed`` does not pick one (mixing them would divide times of different models)."""
+    series = [r for r in rows if r["suite"] == suite and r.get("sweep") == sweep
+              and all(r.get(key) == value for key, value in (fixed or {}).items())]
+    found = groups(series, suite, sweep, metric=series[0]["metric"]) if series else []
+    if len(found) > 1:
+        raise ValueError(f"the {suite} {sweep} sweep was run at several fixed sizes {found}; pick one, "
+                         f"e.g. fixed={found[0]} (trilib.viz.compare.groups lists them)")
+    return series
+
+
+def speedups(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: str = "backward",
+             fixed: dict | None = None) -> dict[str, dict[int, float]]:
     """``{method: {size: autograd time / method time}}`` for one sweep, from the medians.
 
     Args:
         result_or_rows: a result dict from ``python -m trilib.bench`` or its list of rows.
         suite, sweep: ``("mlp", "k")``, ``("mlp", "n")``, ``("mlp", "batch")`` or ``("rnn", "tau")``.
-        metric: ``"backward"`` or ``"step"``.
+        metric: ``"backward"``, ``"solve"`` or ``"step"``.
+        fixed: the other sizes of the series, e.g. ``{"n": 8}``, needed when the sweep was run at
+            several (:func:`groups`); ``ValueError`` otherwise.
 
     Example:
         >>> rows = [dict(suite="mlp", sweep="k", metric="backward", k=4, method=m, median_s=t)
@@ -112,12 +152,13 @@ def speedups(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: str =
         >>> speedups(rows)
         {'autograd': {4: 1.0}, 'blelloch': {4: 0.5}}
     """
-    return _speedups(_rows(result_or_rows, metric), suite, sweep)
+    return _speedups(_rows(result_or_rows, metric), suite, sweep, fixed)
 
 
-def _speedups(rows: Sequence[dict], suite: str, sweep: str) -> dict[str, dict[int, float]]:
-    key = "tau" if sweep == "tau" else sweep
-    series = [r for r in rows if r["suite"] == suite and r.get("sweep") == sweep]
+def _speedups(rows: Sequence[dict], suite: str, sweep: str, fixed: dict | None = None
+              ) -> dict[str, dict[int, float]]:
+    key = sweep
+    series = _series(rows, suite, sweep, fixed)
     base = {r[key]: r["median_s"] for r in series if r["method"] == "autograd"}
     out: dict[str, dict[int, float]] = {}
     for r in series:
@@ -131,7 +172,8 @@ _SWEEPS = [("mlp", "k"), ("mlp", "n"), ("mlp", "batch"), ("rnn", "tau")]
 
 def plot_speedups(result: dict, metric: str = "backward", methods: Sequence[str] | None = None,
                   mark_crossover: bool = True):
-    """Speed-up over autograd against each swept size, one panel per sweep with > 1 size.
+    """Speed-up over autograd against each swept size: one panel per series with > 1 size (a
+    sweep run at several fixed sizes, e.g. two widths, has a panel for each).
 
     Like :func:`trilib.bench.plot_results`, but every method has its own colour
     (:func:`method_colors`), iterative methods are dashed, and both the MLP's and the RNN's
@@ -139,7 +181,7 @@ def plot_speedups(result: dict, metric: str = "backward", methods: Sequence[str]
 
     Args:
         result: a result dict from ``python -m trilib.bench`` (:func:`trilib.bench.load_results`).
-        metric: ``"backward"`` or ``"step"``.
+        metric: ``"backward"``, ``"solve"`` or ``"step"``.
         methods: the methods to draw (default: all measured); autograd is the line at 1.
         mark_crossover: draw the crossover as a red dashed vertical line where there is one.
 
@@ -149,8 +191,8 @@ def plot_speedups(result: dict, metric: str = "backward", methods: Sequence[str]
     from ..bench import crossover
 
     rows = _rows(result, metric)
-    panels = [(s, w) for s, w in _SWEEPS if len({r["tau" if w == "tau" else w] for r in rows
-                                                  if r["suite"] == s and r.get("sweep") == w}) > 1]
+    panels = [(s, w, g) for s, w in _SWEEPS for g in groups(rows, s, w, metric)
+              if len(speedups(rows, s, w, metric, fixed=g).get("autograd", {})) > 1]
     ncols = min(max(len(panels), 1), 2)
     nrows = max(1, -(-len(panels) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False)
@@ -158,8 +200,8 @@ def plot_speedups(result: dict, metric: str = "backward", methods: Sequence[str]
     shown = [m for m in (methods or measured) if m in measured]
     colours = method_colors(shown)
     handles, extras = {}, {}
-    for ax, (suite, sweep) in zip(axes.flat, panels):
-        sp = _speedups(rows, suite, sweep)
+    for ax, (suite, sweep, fixed) in zip(axes.flat, panels):
+        sp = _speedups(rows, suite, sweep, fixed)
         for m in shown:
             if m in sp:
                 pts = sorted(sp[m].items())
@@ -167,11 +209,9 @@ def plot_speedups(result: dict, metric: str = "backward", methods: Sequence[str]
                                         ls="--" if m in _ITERATIVE else "-", lw=1.3, label=m)
         extras["autograd (= 1)"] = ax.axhline(1.0, color="black", lw=1, ls=":")
         if mark_crossover and metric == "backward" and sweep in ("k", "tau"):
-            c = crossover(result["rows"], suite, sweep)
+            c = crossover(result["rows"], suite, sweep, **fixed)
             if c["crossover"] is not None:
                 extras["crossover"] = ax.axvline(c["crossover"], color="red", lw=0.9, ls="--")
-        fixed = {key: next(r[key] for r in rows if r["suite"] == suite and r.get("sweep") == sweep)
-                 for key in ("k", "n", "batch") if key != sweep}
         ax.set_title(f"{suite.upper()}, " + ", ".join(f"{a}={b}" for a, b in fixed.items()), fontsize=9)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -194,9 +234,11 @@ def plot_speedups(result: dict, metric: str = "backward", methods: Sequence[str]
 
 
 def speedup_table(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: str = "backward",
-                  methods: Sequence[str] | None = None, digits: int = 2) -> str:
+                  methods: Sequence[str] | None = None, digits: int = 2, fixed: dict | None = None) -> str:
     """A plain-text table of speed-ups over autograd: one line per method (full names), one
     column per size of the sweep, and a first line with autograd's own time in milliseconds.
+    ``fixed`` picks one series of a sweep run at several fixed sizes (see :func:`speedups`); the
+    title then names it.
 
     Example:
         >>> rows = [dict(suite="mlp", sweep="k", metric="backward", k=k, method=m, median_s=t)
@@ -208,15 +250,16 @@ def speedup_table(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: 
         autograd time (ms)     2000.000   6000.000
         cyclic_reduction           0.50       2.00
     """
-    rows = _rows(result_or_rows, metric)
-    key = "tau" if sweep == "tau" else sweep
+    rows = _series(_rows(result_or_rows, metric), suite, sweep, fixed)
+    key = sweep
     sp = _speedups(rows, suite, sweep)
     sizes = sorted({s for per in sp.values() for s in per})
     names = [m for m in (methods or list(sp)) if m in sp and m != "autograd"]
     width = max([len("autograd time (ms)")] + [len(m) for m in names]) + 2
     col = max(11, max((len(f"{key}={s}") for s in sizes), default=0) + 1)
     label = "τ" if key == "tau" else key
-    lines = [f"{metric} {SPEEDUP}, by {label}",
+    where = f" ({', '.join(f'{a}={b}' for a, b in fixed.items())})" if fixed else ""
+    lines = [f"{metric} {SPEEDUP}, by {label}{where}",
              f"{'method':<{width}}" + "".join(f"{f'{label}={s}':>{col}}" for s in sizes)]
     base = {r[key]: r["median_s"] for r in rows if r["suite"] == suite and r.get("sweep") == sweep
             and r["method"] == "autograd"}
