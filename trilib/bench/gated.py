@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from itertools import product
 
 import torch
 from torch import nn
@@ -145,12 +146,10 @@ def run_gated(taus: Sequence[int] = (256, 2048, 8192), ns: Sequence[int] = (8, 3
         raise ValueError(f"kinds must be 'GRU' or 'LSTM', got {bad}")
     device = torch.device(device)
     rows = []
-    for kind in kinds:
-        for n in ns:
-            for tau in taus:
-                if progress:
-                    progress(f"{kind.lower()} tau={tau} n={n} batch={batch}")
-                rows += _case(kind, tau, n, batch, device, dtype, repeats, warmup, max_gflop)
+    for kind, n, tau in product(kinds, ns, taus):
+        if progress:
+            progress(f"{kind.lower()} tau={tau} n={n} batch={batch}")
+        rows += _case(kind, tau, n, batch, device, dtype, repeats, warmup, max_gflop)
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
+from itertools import product
 
 import numpy as np
 import torch
@@ -161,15 +162,13 @@ def run_mlp(ks: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
     """
     device = torch.device(device)
     rows = []
-    for k in ks:
-        for n in ns:
-            for b in batches:
-                if progress:
-                    progress(f"mlp k={k} n={n} batch={b}")
-                model = nets.mlp([n] * (k + 1), activation="tanh", seed=0, dtype=dtype, device=device)
-                x = torch.randn(b, n, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
-                params = dict(suite="mlp", sweep=sweep, k=k, n=n, batch=b, tau=0)
-                rows += _case(model, x, _loss, methods, repeats, warmup, params, step)
+    for k, n, b in product(ks, ns, batches):
+        if progress:
+            progress(f"mlp k={k} n={n} batch={b}")
+        model = nets.mlp([n] * (k + 1), activation="tanh", seed=0, dtype=dtype, device=device)
+        x = torch.randn(b, n, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+        params = dict(suite="mlp", sweep=sweep, k=k, n=n, batch=b, tau=0)
+        rows += _case(model, x, _loss, methods, repeats, warmup, params, step)
     return rows
 
 
@@ -189,14 +188,12 @@ def run_rnn(taus: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
     """
     device = torch.device(device)
     rows = []
-    for tau in taus:
-        for n in ns:
-            for b in batches:
-                if progress:
-                    progress(f"rnn tau={tau} n={n} batch={b}")
-                torch.manual_seed(0)
-                model = nn.RNN(n, n, batch_first=True).to(device=device, dtype=dtype)
-                x = torch.randn(b, tau, n, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
-                params = dict(suite="rnn", sweep=sweep, k=1, n=n, batch=b, tau=tau)
-                rows += _case(model, x, _rnn_loss, methods, repeats, warmup, params, step)
+    for tau, n, b in product(taus, ns, batches):
+        if progress:
+            progress(f"rnn tau={tau} n={n} batch={b}")
+        torch.manual_seed(0)
+        model = nn.RNN(n, n, batch_first=True).to(device=device, dtype=dtype)
+        x = torch.randn(b, tau, n, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+        params = dict(suite="rnn", sweep=sweep, k=1, n=n, batch=b, tau=tau)
+        rows += _case(model, x, _rnn_loss, methods, repeats, warmup, params, step)
     return rows
