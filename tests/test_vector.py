@@ -87,3 +87,22 @@ def test_direct_solvers_hand_back_their_stack(method):
     storage = v.stacked(0, 2).untyped_storage().data_ptr()
     assert all(b.untyped_storage().data_ptr() == storage for b in v)
     assert v.stacked(0, 2).data_ptr() == v.stacked(0, 2).data_ptr() == v[0].data_ptr()
+
+
+def test_has_shapes_answers_from_the_stack():
+    stack, widths = mixed_stack()
+    v = BlockVector.from_stack(stack, widths)
+    assert v.has_shapes(widths, (2,)) and not v.has_shapes((3, 3, 3, 3), (2,))
+    assert not v.has_shapes(widths, (3,))
+    assert not BlockVector(list(v)).has_shapes(widths, (2,))      # no stack: check block by block
+
+
+def test_a_grid_solution_goes_back_to_its_grid_without_per_block_tensors():
+    rnn = torch.nn.RNN(2, 3, num_layers=2, dtype=torch.float64)
+    x = torch.randn(5, 4, 2, dtype=torch.float64)
+    system = trilib.backward_system(rnn, x, lambda out: out[0].square().sum())
+    for method in ("sequential", "nested"):
+        v = trilib.solve(system, method)
+        grid = system.to_grid(v)
+        assert v._blocks is None                       # nothing was unbound on the way
+        assert torch.equal(grid[1, 2], v[1 * 5 + 2] if system.order == "layer" else v[2 * 2 + 1])

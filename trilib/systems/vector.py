@@ -92,6 +92,13 @@ class BlockVector(Sequence):
         return (f"BlockVector(k={len(self)}, batch={tuple(first.shape[:-1])}, widths={shown}, "
                 f"dtype={first.dtype}, device={first.device})")
 
+    def has_shapes(self, widths: Sequence[int], batch_shape: Sequence[int]) -> bool:
+        """Whether block ``i`` has shape ``(*batch_shape, widths[i])`` for every ``i``, answered
+        from the stack when there is one (``False`` sends a caller to its block-by-block check)."""
+        if self._stack is None:
+            return False
+        return self._widths == tuple(widths) and self._stack.shape[1:-1] == tuple(batch_shape)
+
     # -- the stacked form --------------------------------------------------------------------
     @property
     def blocks(self) -> tuple[torch.Tensor, ...]:
