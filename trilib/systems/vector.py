@@ -42,7 +42,7 @@ class BlockVector(Sequence):
         """Wrap the blocks a solver made one by one (kept as they are, not copied)."""
         self._blocks: tuple[torch.Tensor, ...] | None = tuple(blocks)
         self._stack: torch.Tensor | None = None
-        self._widths: tuple[int, ...] = tuple(b.shape[-1] for b in self._blocks)
+        self._widths: tuple[int, ...] | None = None      # read off the blocks when asked for
 
     @classmethod
     def from_stack(cls, stack: torch.Tensor, widths: Sequence[int] | None = None) -> BlockVector:
@@ -68,7 +68,14 @@ class BlockVector(Sequence):
 
     # -- the sequence ------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._widths)
+        return len(self._blocks) if self._blocks is not None else len(self._widths)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The width ``n_i`` of every block."""
+        if self._widths is None:
+            self._widths = tuple(b.shape[-1] for b in self._blocks)
+        return self._widths
 
     def __getitem__(self, index):
         if self._blocks is not None:
@@ -84,9 +91,9 @@ class BlockVector(Sequence):
         return iter(self.blocks)
 
     def __repr__(self) -> str:
-        if not self._widths:
+        if not len(self):
             return "BlockVector(k=0)"
-        widths = sorted(set(self._widths))
+        widths = sorted(set(self.widths))
         shown = widths[0] if len(widths) == 1 else f"{widths[0]}..{widths[-1]}"
         first = self[0]
         return (f"BlockVector(k={len(self)}, batch={tuple(first.shape[:-1])}, widths={shown}, "
@@ -123,7 +130,7 @@ class BlockVector(Sequence):
         stop = k if stop is None else stop
         if not 0 <= start < stop <= k:
             raise ValueError(f"need 0 <= start < stop <= k = {k}, got start={start}, stop={stop}")
-        widths = set(self._widths[start:stop])
+        widths = set(self.widths[start:stop])
         if len(widths) != 1:
             raise ValueError(f"blocks {start}..{stop - 1} have widths {sorted(widths)}; only "
                              "blocks of one width stack (use list(v) for the others)")
