@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from . import fnn, gated, graph, rnn
-from ._checks import UnsupportedLayerError, check_finite_named, module_tensors
+from ._checks import (
+    CHANGES_BACKWARD,
+    UnsupportedLayerError,
+    check_finite_named,
+    module_features,
+    module_tensors,
+    refuse_features,
+)
 from ._numerics import rel_error
 from .solvers import check_method, methods, solve
 from .systems import BackwardProblem, RecurrentForwardSystem, TriangularSystem
@@ -58,14 +65,27 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
 
 
 def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
+    """The builder for ``model``, after the checks that no builder computes something else than
+    ``model(x)`` and autograd would (:func:`trilib._checks.module_features`): the FNN parse
+    refuses modules with hooks or a patched forward (they go to the graph builder, which runs
+    the real module calls), the recurrent builders refuse every such feature, and a backward
+    hook (which changes autograd's own gradients) is refused for every model."""
     if isinstance(model, nn.Sequential):
         try:
             layers = fnn.parse_sequential(model)
         except UnsupportedLayerError:
-            layers = None      # not an FNN (e.g. LayerNorm inside): the graph path takes it
+            layers = None      # not an FNN (e.g. LayerNorm inside, a hook): the graph path takes it
         if layers is not None:
             return fnn.backward_problem(model, layers, x, loss_fn)     # checks its own weights
+    features = module_features(model)
+    refuse_features(model, [f for f in features if f.feature in CHANGES_BACKWARD],
+                    "it changes the gradients autograd computes (or, in training mode, the function "
+                    "itself on every call), and trilib's systems differentiate the forward pass "
+                    "alone. Remove it (handle.remove(), model.eval()) or compute dE/dp with "
+                    "torch.autograd")
     check_finite_named(module_tensors(model))
+    if isinstance(model, (nn.RNN, rnn.RNNClassifier, gated.GATED, gated.GatedClassifier)):
+        _refuse_recurrent(model, features)
     if isinstance(model, nn.RNN):
         return rnn.backward_problem(model, x, loss_fn)
     if isinstance(model, rnn.RNNClassifier):
@@ -74,7 +94,47 @@ def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
         return gated.backward_problem(model, x, loss_fn)
     if isinstance(model, gated.GatedClassifier):        # its forward_method may need a solver
         return gated.classifier_problem(model, x, loss_fn, solve=solve)
-    return graph.backward_problem(model, x, loss_fn)
+    return _graph_problem(model, x, loss_fn, features)
+
+
+def _refuse_recurrent(model: nn.Module, features) -> None:
+    """The recurrent builders read weights by name and run no module call: every feature that
+    changes a module's computation (in-place activations aside) is refused."""
+    refuse_features(model, [f for f in features if f.feature != "inplace=True"],
+                    f"the recurrent builder reads the {type(model).__name__}'s weights by name and "
+                    "runs no module call, so it would compute the plain module. Remove it "
+                    "(handle.remove(), del module.forward, "
+                    "torch.nn.utils.parametrize.remove_parametrizations, prune.remove), or "
+                    "compute dE/dp with torch.autograd")
+
+
+def _graph_problem(model: nn.Module, x, loss_fn: Callable, features) -> BackwardProblem:
+    """The graph builder's problem. A refusal says why in the user's terms: integer ids fed to
+    an embedding are data (never "convert to float"), and ``inplace=False`` computes the same
+    function when the model has in-place modules."""
+    try:
+        return graph.backward_problem(model, x, loss_fn)
+    except TypeError as e:
+        ids = [n for n, m in model.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+        if isinstance(e, UnsupportedLayerError) or not ids or not isinstance(x, torch.Tensor) \
+                or x.is_floating_point():
+            raise
+        kind = type(model.get_submodule(ids[0])).__name__
+        raise UnsupportedLayerError(
+            f"x holds {x.dtype} ids for the embedding {ids[0]!r} ({kind}): "
+            "they are data, not unknowns, and converting them to floats would break the embedding. "
+            f"The graph builder refused them: {e}. Feed the embedded vectors instead (the "
+            "embedding's output as x of the rest of the model) or compute dE/dp with "
+            "torch.autograd") from e
+    except UnsupportedLayerError as e:
+        inplace = [f.module for f in features if f.feature == "inplace=True"]
+        if not inplace:
+            raise
+        names = ", ".join(repr(n) for n in inplace[:3]) + (" ..." if len(inplace) > 3 else "")
+        raise UnsupportedLayerError(
+            f"{e}. Note: module(s) {names} compute in place (inplace=True); the same modules with "
+            "inplace=False compute the same function and the graph builder may accept them "
+            "(e.g. for m in model.modules(): m.inplace = False if hasattr(m, 'inplace') ...)") from e
 
 
 def _with_direct_terms(model: nn.Module, loss_fn: Callable) -> tuple[Callable, dict[str, torch.Tensor]]:
@@ -169,6 +229,7 @@ def forward_system(model: nn.Module, x: torch.Tensor) -> TriangularSystem:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_finite_named(module_tensors(model))
     if isinstance(model, gated.RECURRENT):
+        _refuse_recurrent(model, module_features(model))
         return gated.forward_system(model, x)
     return fnn.forward_system(model, x)
 

@@ -28,7 +28,15 @@ from ..systems import (
     NonlinearForwardSystem,
     TriangularSystem,
 )
-from .layers import FNNLayer, FNNLayers, _gc_paused, _parameters, _with_derivative, parse_sequential
+from .layers import (
+    FNNLayer,
+    FNNLayers,
+    _gc_paused,
+    _parameters,
+    _with_derivative,
+    effective_parameters,
+    parse_sequential,
+)
 
 __all__ = ["FNNLayer", "FNNLayers", "parse_sequential", "record_forward", "backward_problem",
            "forward_system"]
@@ -112,15 +120,10 @@ def _forward_run(layers: Sequence[FNNLayer], kind, weights, biases, z: torch.Ten
                  ds: list) -> torch.Tensor:
     """The forward pass through a run of layers of one ``kind`` (see :func:`_kind`), appending
     each ``z_l`` to ``zs`` (and ``f_l'`` to ``ds`` for kind ``"autograd"``): one ``F.linear`` and
-    one activation per layer; an activation without hooks is called as the function it computes
-    (e.g. ``torch.tanh``), sparing the module call."""
-    hooks = nn.modules.module
-    direct = (isinstance(kind, type) and not hooks._global_forward_hooks
-              and not hooks._global_forward_pre_hooks
-              and not any(layer.activations[0]._forward_hooks or layer.activations[0]._forward_pre_hooks
-                          for layer in layers))
+    one activation per layer; an activation is called as the function it computes (e.g.
+    ``torch.tanh``), sparing the module call (the parse refuses modules with hooks)."""
     linear, append = F.linear, zs.append
-    if direct:
+    if isinstance(kind, type):
         act = _FUNCTIONAL[kind]
         for w, b in zip(weights, biases):
             z = act(linear(z, w, b))
@@ -258,22 +261,39 @@ def parameter_gradients(model: nn.Module, rec: FNNRecord,
     for a, dw, db in per_run:
         for layer, gw, gb in zip(layers[a:], dw, db or [None] * len(dw)):
             own = layer.linear._parameters
-            for p, g in ((own["weight"], gw), (own.get("bias"), gb)):
+            pairs = (_chained(layer, gw, gb) if layer.derived
+                     else ((own["weight"], gw), (own.get("bias"), gb)))
+            for p, g in pairs:
                 if p is not None:
                     n = names[id(p)]
                     found[n] = g if n not in found else found[n] + g   # a Linear used twice accumulates
     return {n: found[n] if n in found else torch.zeros_like(p) for n, p in layers.params}
 
 
+def _chained(layer: FNNLayer, gw: torch.Tensor, gb: torch.Tensor | None):
+    """``(p, dE/dp)`` for the parameters a derived layer's ``W_l``, ``b_l`` are computed from
+    (a parametrization's originals, a pruned weight's ``weight_orig``): ``dE/dW_l`` and
+    ``dE/db_l`` pulled back through that computation by autograd."""
+    leaves = [p for p in layer.linear.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        w, b = effective_parameters(layer.linear)
+        pairs = [(t, g) for t, g in ((w, gw), (b, gb)) if t is not None and g is not None and t.requires_grad]
+        if not pairs or not leaves:
+            return []
+        pulled = torch.autograd.grad([t for t, _ in pairs], leaves, [g for _, g in pairs],
+                                     allow_unused=True)
+    return [(p, g) for p, g in zip(leaves, pulled) if g is not None]
+
+
 def linear_forward_system(layers: Sequence[FNNLayer], x: torch.Tensor) -> BlockBidiagonalSystem:
     """Identity activations: ``z_1 = W_1 x + b_1``, ``z_l - W_l z_{l-1} = b_l``."""
     batch = x.shape[0]
     rhs = [layers[0].pre_activation(x)]
-    for layer in layers[1:]:
-        lin = layer.linear
-        b = lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+    weights, biases = _parameters(layers)
+    for w, b in zip(weights[1:], biases[1:]):
+        b = b if b is not None else w.new_zeros(w.shape[0])
         rhs.append(b.detach().expand(batch, -1).clone())
-    mats = [layer.linear.weight.detach() for layer in layers[1:]]
+    mats = [w.detach() for w in weights[1:]]
     return BlockBidiagonalSystem(mats, [None] * len(mats), rhs, upper=False, symbol="z")
 
 

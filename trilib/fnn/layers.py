@@ -1,6 +1,12 @@
 """Parsing an ``nn.Sequential`` into FNN layers (docs/theory.md §1): ``nn.Linear`` s, each
 followed by element-wise activations, with every parameter's name; the parse of a model is kept
-while the model is unchanged."""
+while the model is unchanged.
+
+A module whose computation differs from its class (a hook, a patched or overridden ``forward``;
+:func:`trilib._checks.module_features`) is never parsed as a plain layer: the parse refuses it,
+naming the module and the feature. A ``Linear`` whose weight is parametrized
+(``torch.nn.utils.parametrize``, ``weight_norm``) or pruned (``torch.nn.utils.prune``) is a
+layer with its *effective* ``W_l``; its gradient is chained back to the original parameters."""
 
 from __future__ import annotations
 
@@ -14,9 +20,18 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import prune
 
 from .._autograd import ELEMENTWISE
-from .._checks import UnsupportedLayerError
+from .._checks import (
+    CHANGES_BACKWARD,
+    CHANGES_FORWARD,
+    UnsupportedLayerError,
+    global_hooks,
+    module_features,
+    plain_module,
+    refuse_features,
+)
 
 __all__ = ["FNNLayer", "FNNLayers", "parse_sequential"]
 
@@ -29,6 +44,16 @@ class FNNLayer(NamedTuple):
     linear: nn.Linear
     activations: tuple[nn.Module, ...]
     name: str = ""
+    derived: bool = False   #: W_l or b_l computed from other parameters (parametrized, pruned)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``W_l`` as the Linear's forward uses it (parametrized or pruned: computed now)."""
+        return effective_parameters(self.linear)[0] if self.derived else self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return effective_parameters(self.linear)[1] if self.derived else self.linear.bias
 
     @property
     def is_linear(self) -> bool:
@@ -41,7 +66,7 @@ class FNNLayer(NamedTuple):
         return y
 
     def pre_activation(self, z_prev: torch.Tensor) -> torch.Tensor:
-        return F.linear(z_prev, self.linear.weight, self.linear.bias)
+        return F.linear(z_prev, *effective_parameters(self.linear))
 
     def forward_with_derivative(self, z_prev: torch.Tensor):
         """``(z, d)`` with ``z = f(W z_prev + b)`` and ``d = f'(y)`` (``None`` when f = id).
@@ -50,6 +75,25 @@ class FNNLayer(NamedTuple):
         vector-Jacobian product with ones is the diagonal of its Jacobian.
         """
         return _with_derivative(self, self.pre_activation(z_prev))
+
+
+def _derived(module: nn.Module) -> bool:
+    """A Linear whose weight or bias is computed from other parameters when it runs."""
+    return "parametrizations" in module._modules or any(
+        isinstance(h, prune.BasePruningMethod) for h in module._forward_pre_hooks.values())
+
+
+def effective_parameters(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(W, b)`` as ``linear``'s forward uses them: a parametrization is evaluated (reading the
+    attribute does), a pruning mask applied to the original (as its forward pre-hook does: the
+    attribute itself is only refreshed by a call). Differentiable when grad mode is on."""
+    own = linear._parameters
+    if "weight" in own and "bias" in own:
+        return own["weight"], own["bias"]
+    masked = {h._tensor_name: h.apply_mask(linear) for h in linear._forward_pre_hooks.values()
+              if isinstance(h, prune.BasePruningMethod)}
+    w = masked["weight"] if "weight" in masked else linear.weight
+    return w, masked["bias"] if "bias" in masked else linear.bias
 
 
 def _with_derivative(layer: FNNLayer, y: torch.Tensor):
@@ -147,7 +191,10 @@ def parse_sequential(model: nn.Module) -> FNNLayers:
     with _gc_paused():
         objects: list = []
         sizes: list[int] = []
-        _structure(model, objects, sizes)
+        odd: list[nn.Module] = []
+        _structure(model, objects, sizes, odd)
+        if odd or global_hooks():
+            _refuse_changed(model)
         key = (list(map(id, objects)), sizes)   # identities stay unique: the cache keeps them
         cached = _PARSED.get(model)
         if cached is None or cached[0] != key:
@@ -155,7 +202,7 @@ def parse_sequential(model: nn.Module) -> FNNLayers:
             params: list[tuple[str, nn.Parameter]] = []
             plain = _flatten(model, "", modules, params, set())
             layers = _layers(modules)
-            layers.params, layers.plain = params, plain
+            layers.params, layers.plain = params, plain and not any(la.derived for la in layers)
             cached = _PARSED[model] = (key, layers, objects)
         out = FNNLayers(cached[1])              # a copy: the caller may change its list
         out.params, out.plain = cached[1].params, cached[1].plain
@@ -168,24 +215,39 @@ def parse_sequential(model: nn.Module) -> FNNLayers:
 _PARSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _structure(model: nn.Module, objects: list, sizes: list) -> None:
+def _refuse_changed(model: nn.Module) -> None:
+    """Raise naming the first module whose forward (or backward) differs from its class's."""
+    changed = [f for f in module_features(model) if f.feature in CHANGES_FORWARD + CHANGES_BACKWARD]
+    refuse_features(model, changed, "the FNN builder reads nn.Linear and activations by their class, "
+                    "so it would compute the plain layers. trilib.backward_problem hands such a "
+                    "model to the graph builder, which runs the real module calls; or remove the "
+                    "hook (handle.remove()) or the patch")
+
+
+def _structure(model: nn.Module, objects: list, sizes: list, odd: list) -> None:
     """Everything a parse depends on, in order: the modules of the nested ``nn.Sequential`` s,
     their names, the parameter objects of each (all compared by identity, not by value: the
-    optimiser's in-place updates do not change a parse) and the widths of every Linear."""
+    optimiser's in-place updates do not change a parse) and the widths of every Linear. Modules
+    that are not :func:`~trilib._checks.plain_module` (hooks, patches, parametrizations,
+    pruning) are appended to ``odd``: those are re-examined on every call, never cached."""
+    if not plain_module(model):
+        odd.append(model)
     objects.append(model)
     objects.extend(chain.from_iterable(model._parameters.items()))
     for name, child in model._modules.items():
         objects.append(name)
         if type(child) is nn.Sequential:
-            _structure(child, objects, sizes)
+            _structure(child, objects, sizes, odd)
             continue
         objects.append(child)
         if child is None:
             continue
+        if not plain_module(child):
+            odd.append(child)
         objects.extend(chain.from_iterable(child._parameters.items()))
         if child._modules:
             objects.extend(chain.from_iterable(child.named_parameters()))
-        if type(child) is nn.Linear:
+        if isinstance(child, nn.Linear):
             sizes += (child.in_features, child.out_features)
 
 
@@ -194,11 +256,11 @@ def _layers(modules: list[tuple[str, nn.Module]]) -> FNNLayers:
     last = None
     for name, module in modules:
         kind = type(module)
-        if kind is nn.Linear:
+        if isinstance(module, nn.Linear):   # modules with hooks or their own forward: refused before
             if last is not None and module.in_features != last.out_features:
                 raise ValueError(f"layer {name} (Linear) expects {module.in_features} input "
                                  f"features but the previous Linear produces {last.out_features}")
-            layers.append((module, [], name))
+            layers.append((module, [], name, _derived(module)))
             last = module
         elif kind in ELEMENTWISE:
             if last is None:
@@ -215,12 +277,17 @@ def _layers(modules: list[tuple[str, nn.Module]]) -> FNNLayers:
                 "in evaluation).")
     if not layers:
         raise ValueError("the model has no nn.Linear layer; an FNN system needs k >= 1 layers")
-    return FNNLayers(FNNLayer(lin, tuple(acts), name) for lin, acts, name in layers)
+    return FNNLayers(FNNLayer(lin, tuple(acts), name, derived) for lin, acts, name, derived in layers)
 
 
 def _parameters(layers: Sequence[FNNLayer]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    # straight from the Linear's parameter dict: Module.__getattr__ costs a microsecond a call
-    own = [layer.linear._parameters for layer in layers]
-    return [p["weight"] for p in own], [p.get("bias") for p in own]
+    """``W_l`` and ``b_l`` of every layer as its forward uses them (detached where derived)."""
+    if getattr(layers, "plain", False) or not any(layer.derived for layer in layers):
+        # straight from the Linear's parameter dict: Module.__getattr__ costs a microsecond a call
+        own = [layer.linear._parameters for layer in layers]
+        return [p["weight"] for p in own], [p.get("bias") for p in own]
+    with torch.no_grad():
+        pairs = [effective_parameters(layer.linear) for layer in layers]
+    return [w for w, _ in pairs], [b for _, b in pairs]
 
 

@@ -14,7 +14,15 @@ from torch import nn
 from torch.func import functional_call, vjp
 
 from .._autograd import ELEMENTWISE, loss_gradients
-from .._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches, module_tensors
+from .._checks import (
+    UnsupportedLayerError,
+    check_finite,
+    check_finite_named,
+    check_matches,
+    global_hooks,
+    module_tensors,
+    plain_module,
+)
 from ..systems import BackwardProblem, GraphNode, GraphSystem
 from ._probes import mixes_samples, runs
 
@@ -217,6 +225,8 @@ def _structure(cap: _Capture, node: torch.fx.Node, parents: list[torch.fx.Node])
     out_shape = cap.values[node].shape
     if node.op == "call_module":
         mod = cap.gm.get_submodule(node.target)
+        if not plain_module(mod) or global_hooks():     # hooks, patches: only its VJP is exact
+            return "dense"
         if type(mod) is nn.Linear and (not parents or (
                 len(parents) == 1 and node.args[0] is parents[0] and cap.values[parents[0]].dim() == 2)):
             return "linear"

@@ -56,7 +56,7 @@ class NonlinearForwardSystem(TriangularSystem):
         prev = [self.x, *z[:-1]]
         with torch.no_grad():
             ds = [layer.forward_with_derivative(p)[1] for layer, p in zip(self.layers, prev)]
-        mats = [layer.linear.weight.detach() for layer in self.layers[1:]]
+        mats = [layer.weight.detach() for layer in self.layers[1:]]
         return BlockBidiagonalSystem(mats, ds[1:], self.residual(z), upper=False, symbol="dz")
 
     def _forward_solution(self) -> list[torch.Tensor]:
