@@ -71,7 +71,7 @@ ROWS = [
     ("dtype-graph", resnet, lambda: torch.randn(4, 3), plain_loss, {}, TypeError,
      "x has dtype torch.float32"),
     ("dtype-int", mlp, lambda: torch.ones(4, 3, dtype=torch.long), plain_loss, {}, TypeError,
-     "x has dtype torch.int64; trilib needs a floating dtype"),
+     "x has dtype torch.int64, but this builder's system starts at x, so it needs a floating dtype"),
     # device (the meta device stands in for another device)
     ("device-fnn", mlp, lambda: torch.randn(4, 3, dtype=F64, device="meta"), plain_loss, {}, ValueError,
      "x is on device meta but the model's parameters are on cpu"),
@@ -128,8 +128,8 @@ ROWS = [
      trilib.UnsupportedLayerError, r"operation \.mean\(\) .* mixes samples"),
     ("batchnorm-training", lambda: batchnorm().train(), X[batchnorm], plain_loss, {},
      trilib.UnsupportedLayerError, r"layer 1 \(BatchNorm1d\) is in training mode"),
-    ("bidirectional-rnn", lambda: nn.RNN(3, 4, bidirectional=True, dtype=F64), X[rnn], plain_loss, {},
-     trilib.UnsupportedLayerError, "bidirectional nn.RNN is not supported"),
+    ("bidirectional-rnn", lambda: nn.RNN(3, 4, num_layers=2, bidirectional=True, dtype=F64), X[rnn],
+     plain_loss, {}, trilib.UnsupportedLayerError, "bidirectional=True and num_layers=2 is not supported"),
     # not a model, not a tensor
     ("not-a-module", lambda: (lambda t: t), X[mlp], plain_loss, {}, TypeError,
      "model must be a torch.nn.Module, got function"),

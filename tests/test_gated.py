@@ -309,7 +309,7 @@ def test_classifier_with_newton_forward_trains_like_autograd():
 def test_unsupported_modules_and_inputs_raise_clearly():
     gru, x = make("GRU")
     with pytest.raises(UnsupportedLayerError, match="bidirectional=True"):
-        trilib.backward_system(nn.GRU(3, 4, bidirectional=True, dtype=DT), x, loss_fn)
+        trilib.backward_system(nn.GRU(3, 4, num_layers=2, bidirectional=True, dtype=DT), x, loss_fn)
     with pytest.raises(UnsupportedLayerError, match="bidirectional=True"):
         trilib.forward(nn.RNN(3, 4, bidirectional=True, dtype=DT), x, "newton")
     with pytest.raises(UnsupportedLayerError, match="proj_size=2"):

@@ -108,6 +108,13 @@ def _subclass():
     return net
 
 
+def _tied_graph():
+    net = linear_stack(nn.Tanh, [4, 4, 4], seed=5)
+    net.append(nn.LayerNorm(4, dtype=F64))          # not an FNN: the graph builder's
+    net[2].weight = net[0].weight
+    return net
+
+
 # name -> (model factory, the system class it must become: the graph builder for computations
 # the FNN parse cannot read by class, the FNN system for those it computes exactly)
 EXACT_CASES = {
@@ -122,6 +129,7 @@ EXACT_CASES = {
     "pruning": (_pruned, "BlockBidiagonalSystem"),
     "tied weights": (_tied, "BlockBidiagonalSystem"),
     "a Linear used twice": (_reused, "BlockBidiagonalSystem"),
+    "tied weights in a graph": (_tied_graph, "GraphSystem"),
     "parametrization": (_parametrized, "BlockBidiagonalSystem"),
     "weight_norm": (_weight_norm, "BlockBidiagonalSystem"),
     "spectral_norm in eval mode": (_spectral_eval, "BlockBidiagonalSystem"),
@@ -301,3 +309,21 @@ def test_inplace_refusal_by_the_graph_builder_says_inplace_false_works():
         for method in trilib.methods(problem.system):
             grads = problem.parameter_gradients(trilib.solve(problem.system, method))
             assert grad_error(grads, ref) <= EXACT, method
+
+
+def test_token_ids_are_never_told_to_become_floats():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Embedding(10, 4, dtype=F64), nn.Flatten(), nn.Linear(12, 3, dtype=F64))
+    ids = torch.randint(0, 10, (2, 3))
+    try:
+        problem = trilib.api.backward_problem(net, ids, loss_fn)
+    except UnsupportedLayerError as e:              # a builder that cannot start at an embedding
+        assert "int64 ids for the embedding '0' (Embedding)" in str(e)
+        assert "converting them to floats would break the embedding" in str(e)
+    else:                                           # one that takes ids as data must be exact
+        ref = autograd_grads(net, ids, loss_fn)
+        for method in trilib.methods(problem.system):
+            grads = problem.parameter_gradients(trilib.solve(problem.system, method))
+            assert grad_error(grads, ref) <= EXACT, method
+    with pytest.raises(TypeError, match=r"convert it with x.to\(torch.float64\) if it holds numbers"):
+        trilib.gradients(mlp(), ids[:, :1].expand(2, 4), loss_fn)

@@ -250,7 +250,7 @@ def test_training_matches_autograd_step_for_step():
 def test_errors():
     rnn, x = make(k=2, tau=3)
     with pytest.raises(Exception, match="bidirectional"):
-        trilib.backward_system(torch.nn.RNN(3, 4, bidirectional=True, dtype=DT), x, loss_fn)
+        trilib.backward_system(torch.nn.RNN(3, 4, num_layers=2, bidirectional=True, dtype=DT), x, loss_fn)
     drop = torch.nn.RNN(3, 4, num_layers=2, dropout=0.5, dtype=DT)
     with pytest.raises(Exception, match="dropout"):
         trilib.backward_system(drop, x, loss_fn)

@@ -190,7 +190,7 @@ def check_matches(name: str, tensor: torch.Tensor, dtype: torch.dtype, device: t
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise TypeError(f"{name} has dtype {tensor.dtype}, but this builder's system starts at "
-                        f"{name}, so it must be floating ({dtype} to match {owner}); convert it with "
+                        f"{name}, so it needs a floating dtype ({dtype} to match {owner}); convert it with "
                         f"{name}.to({dtype}) if it holds numbers, not ids")
     if tensor.dtype != dtype:
         raise TypeError(f"{name} has dtype {tensor.dtype} but {owner} are {dtype}; "

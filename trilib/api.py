@@ -86,6 +86,10 @@ def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     check_finite_named(module_tensors(model))
     if isinstance(model, (nn.RNN, rnn.RNNClassifier, gated.GATED, gated.GatedClassifier)):
         _refuse_recurrent(model, features)
+    if isinstance(model, gated.RECURRENT) and model.bidirectional:
+        return gated.bidirectional_problem(model, x, loss_fn)
+    if isinstance(model, (rnn.RNNClassifier, gated.GatedClassifier)) and model.rnn.bidirectional:
+        return gated.bidirectional_classifier_problem(model, x, loss_fn)
     if isinstance(model, nn.RNN):
         return rnn.backward_problem(model, x, loss_fn)
     if isinstance(model, rnn.RNNClassifier):
@@ -114,18 +118,6 @@ def _graph_problem(model: nn.Module, x, loss_fn: Callable, features) -> Backward
     function when the model has in-place modules."""
     try:
         return graph.backward_problem(model, x, loss_fn)
-    except TypeError as e:
-        ids = [n for n, m in model.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
-        if isinstance(e, UnsupportedLayerError) or not ids or not isinstance(x, torch.Tensor) \
-                or x.is_floating_point():
-            raise
-        kind = type(model.get_submodule(ids[0])).__name__
-        raise UnsupportedLayerError(
-            f"x holds {x.dtype} ids for the embedding {ids[0]!r} ({kind}): "
-            "they are data, not unknowns, and converting them to floats would break the embedding. "
-            f"The graph builder refused them: {e}. Feed the embedded vectors instead (the "
-            "embedding's output as x of the rest of the model) or compute dE/dp with "
-            "torch.autograd") from e
     except UnsupportedLayerError as e:
         inplace = [f.module for f in features if f.feature == "inplace=True"]
         if not inplace:
@@ -134,7 +126,18 @@ def _graph_problem(model: nn.Module, x, loss_fn: Callable, features) -> Backward
         raise UnsupportedLayerError(
             f"{e}. Note: module(s) {names} compute in place (inplace=True); the same modules with "
             "inplace=False compute the same function and the graph builder may accept them "
-            "(e.g. for m in model.modules(): m.inplace = False if hasattr(m, 'inplace') ...)") from e
+            "(set m.inplace = False on every module m of model.modules() that has it)") from e
+    except TypeError as e:
+        ids = [n for n, m in model.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+        if not ids or not isinstance(x, torch.Tensor) or x.is_floating_point():
+            raise
+        kind = type(model.get_submodule(ids[0])).__name__
+        raise UnsupportedLayerError(
+            f"x holds {x.dtype} ids for the embedding {ids[0]!r} ({kind}): "
+            "they are data, not unknowns, and converting them to floats would break the embedding. "
+            f"The graph builder refused them: {e}. Feed the embedded vectors instead (the "
+            "embedding's output as x of the rest of the model) or compute dE/dp with "
+            "torch.autograd") from e
 
 
 def _with_direct_terms(model: nn.Module, loss_fn: Callable) -> tuple[Callable, dict[str, torch.Tensor]]:

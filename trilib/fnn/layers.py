@@ -219,9 +219,9 @@ def _refuse_changed(model: nn.Module) -> None:
     """Raise naming the first module whose forward (or backward) differs from its class's."""
     changed = [f for f in module_features(model) if f.feature in CHANGES_FORWARD + CHANGES_BACKWARD]
     refuse_features(model, changed, "the FNN builder reads nn.Linear and activations by their class, "
-                    "so it would compute the plain layers. trilib.backward_problem hands such a "
-                    "model to the graph builder, which runs the real module calls; or remove the "
-                    "hook (handle.remove()) or the patch")
+                    "so it would compute the plain layers. trilib.backward_system and "
+                    "trilib.gradients hand such a model to the graph builder, which runs the real "
+                    "module calls; or remove the hook (handle.remove()) or the patch")
 
 
 def _structure(model: nn.Module, objects: list, sizes: list, odd: list) -> None:

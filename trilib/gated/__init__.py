@@ -18,9 +18,9 @@ time with one parallel scan per iteration.
 
 Input convention (mirrors the modules): ``x``, ``(x, h0)``, or for an LSTM ``(x, (h0, c0))``;
 ``loss_fn`` receives what the module returns, ``(output, h_n)`` or ``(output, (h_n, c_n))``.
-``bidirectional=True`` and an LSTM's ``proj_size > 0`` are rejected with
-:class:`~trilib.UnsupportedLayerError` (a bidirectional network is two chains running in opposite
-directions; trilib does not build them).
+A one-layer ``bidirectional=True`` module is two grids, forward in time and reversed, stacked
+along the batch into one system (:mod:`trilib.gated.bidirectional`); several bidirectional
+layers and an LSTM's ``proj_size > 0`` are rejected with :class:`~trilib.UnsupportedLayerError`.
 
 Example:
     >>> import torch, trilib
@@ -34,6 +34,9 @@ Example:
     True
 """
 
+from .bidirectional import backward_problem as bidirectional_problem
+from .bidirectional import check_bidirectional
+from .bidirectional import classifier_problem as bidirectional_classifier_problem
 from .build import (
     GATED,
     RECURRENT,
@@ -51,5 +54,7 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .classifier import GatedClassifier, classifier_problem
 
 __all__ = ["GATED", "RECURRENT", "GRUCell", "GatedClassifier", "GatedRecord", "LSTMCell", "RNNCell",
-           "backward_problem", "backward_system_from_record", "cells", "check_module", "classifier_problem",
+           "backward_problem", "backward_system_from_record", "bidirectional_classifier_problem",
+           "bidirectional_problem", "cells",
+           "check_bidirectional", "check_module", "classifier_problem",
            "forward_system", "parameter_gradients", "record_forward", "split_input"]

@@ -15,7 +15,8 @@ from .._checks import UnsupportedLayerError, check_finite, check_matches, recurr
 from ..systems import BackwardProblem, GridSystem, RecurrentForwardSystem
 from .cells import GRUCell, LSTMCell, RNNCell
 
-__all__ = ["RECURRENT", "GATED", "GatedRecord", "cells", "check_module", "split_input", "forward_system",
+__all__ = ["RECURRENT", "GATED", "GatedRecord", "cells", "layer_cell", "check_module", "split_input",
+           "forward_system",
            "record_forward", "backward_system_from_record", "parameter_gradients", "backward_problem"]
 
 #: The modules with a forward system over time; the gated ones have a :class:`GridSystem` backward.
@@ -29,8 +30,10 @@ def check_module(module: nn.Module) -> None:
         raise TypeError(f"expected a torch.nn.RNN, GRU or LSTM, got {type(module).__name__}")
     name = type(module).__name__
     if module.bidirectional:
-        raise UnsupportedLayerError(f"{name} with bidirectional=True is not supported: it is two chains "
-                                    "running in opposite time directions; use bidirectional=False")
+        raise UnsupportedLayerError(f"{name} with bidirectional=True has no forward system here: it is two "
+                                    "chains running in opposite time directions (its backward system, "
+                                    "for one layer, is trilib.gated.bidirectional_problem); use "
+                                    "bidirectional=False")
     if getattr(module, "proj_size", 0) > 0:
         raise UnsupportedLayerError(f"{name} with proj_size={module.proj_size} is not supported: the "
                                     "projected state changes the cell; use proj_size=0")
@@ -42,24 +45,26 @@ def check_module(module: nn.Module) -> None:
 def cells(module: nn.Module) -> list:
     """One cell per layer, holding the module's (detached) weights."""
     check_module(module)
-    out = []
-    for l in range(module.num_layers):
-        w = [getattr(module, f"{p}_l{l}", None) for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        w = [None if t is None else t.detach() for t in w]
-        if isinstance(module, nn.GRU):
-            out.append(GRUCell(*w))
-        elif isinstance(module, nn.LSTM):
-            out.append(LSTMCell(*w))
-        else:
-            out.append(RNNCell(*w, nonlinearity=module.nonlinearity))
-    return out
+    return [layer_cell(module, f"l{l}") for l in range(module.num_layers)]
+
+
+def layer_cell(module: nn.Module, suffix: str):
+    """The cell of one layer and direction, e.g. ``suffix="l0"`` or ``"l0_reverse"`` (the
+    module's parameter names), holding its detached weights."""
+    w = [getattr(module, f"{p}_{suffix}", None) for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    w = [None if t is None else t.detach() for t in w]
+    if isinstance(module, nn.GRU):
+        return GRUCell(*w)
+    if isinstance(module, nn.LSTM):
+        return LSTMCell(*w)
+    return RNNCell(*w, nonlinearity=module.nonlinearity)
 
 
 def _check_state(name: str, h: object, expected: tuple, ref: torch.Tensor) -> torch.Tensor:
     check_matches(name, h, ref.dtype, ref.device)
     if tuple(h.shape) != expected:
         raise ValueError(f"{name} has shape {tuple(h.shape)}, expected {expected} "
-                         "(num_layers, batch, hidden_size)")
+                         "(num_layers · directions, batch, hidden_size)")
     check_finite(name, h)
     return h.detach()
 
@@ -72,7 +77,7 @@ def split_input(module: nn.Module, inputs) -> tuple[torch.Tensor, torch.Tensor, 
     for pname, p in module.named_parameters():
         check_matches(pname, p, ref.dtype, ref.device, owner="weight_ih_l0")
         check_finite(f"parameter {pname}", p)
-    k, n = module.num_layers, module.hidden_size
+    k, n = module.num_layers * (2 if module.bidirectional else 1), module.hidden_size
     expected = (k, n) if unbatched else (k, batch, n)
     lstm = isinstance(module, nn.LSTM)
     if h0 is None:

@@ -294,7 +294,7 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
     elif g.shape != out.shape:
         raise ValueError(f"g has shape {tuple(g.shape)} but the module output has {tuple(out.shape)}")
     batch = cap.batch
-    gm_params = dict(cap.gm.named_parameters())
+    gm_params = dict(cap.gm.named_parameters(remove_duplicate=False))   # tied weights: every name
 
     nodes, vjps, weights, fns = [], [], [], []
     for node in cap.unknowns:
