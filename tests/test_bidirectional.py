@@ -95,9 +95,12 @@ def test_several_bidirectional_layers_are_refused_saying_why(kind):
         trilib.backward_system(net, torch.randn(4, 2, 3, dtype=F64), loss_of(kind))
 
 
-def test_classifier_with_newton_forward_is_refused():
+def test_classifier_refusals_name_the_submodule():
     model = trilib.gated.GatedClassifier(module("gru"), nn.Linear(4, 2, dtype=F64), forward_method="newton")
-    with pytest.raises(UnsupportedLayerError, match="forward_method='sequential'"):
+    with pytest.raises(UnsupportedLayerError, match=r"submodule 'rnn' \(GRU\).*forward_method='sequential'"):
+        trilib.backward_system(model, torch.randn(4, 2, 3, dtype=F64), lambda out: out.sum())
+    model = trilib.rnn.RNNClassifier(module("rnn", num_layers=2), nn.Linear(4, 2, dtype=F64))
+    with pytest.raises(UnsupportedLayerError, match=r"submodule 'rnn' \(RNN\).*num_layers=2"):
         trilib.backward_system(model, torch.randn(4, 2, 3, dtype=F64), lambda out: out.sum())
 
 

@@ -108,6 +108,13 @@ def _subclass():
     return net
 
 
+def _old_weight_norm():
+    net = mlp()
+    with pytest.warns(FutureWarning):
+        net[2] = nn.utils.weight_norm(net[2])           # the hook-based API: a forward pre-hook
+    return net
+
+
 def _tied_graph():
     net = linear_stack(nn.Tanh, [4, 4, 4], seed=5)
     net.append(nn.LayerNorm(4, dtype=F64))          # not an FNN: the graph builder's
@@ -115,25 +122,28 @@ def _tied_graph():
     return net
 
 
-# name -> (model factory, the system class it must become: the graph builder for computations
-# the FNN parse cannot read by class, the FNN system for those it computes exactly)
+# name -> (model factory, the builder it must reach: the graph builder for computations the FNN
+# parse cannot read by class, the FNN system for those it computes exactly)
+GRAPH, FNN = "graph", "fnn"
 EXACT_CASES = {
-    "forward hook on a Linear": (lambda: _hooked(2, "hook", lambda m, i, o: 2 * o + 1), "GraphSystem"),
-    "forward pre-hook": (lambda: _hooked(2, "pre_hook", lambda m, i: (3 * i[0],)), "GraphSystem"),
+    "forward hook on a Linear": (lambda: _hooked(2, "hook", lambda m, i, o: 2 * o + 1), GRAPH),
+    "forward pre-hook": (lambda: _hooked(2, "pre_hook", lambda m, i: (3 * i[0],)), GRAPH),
     "hook on a Tanh": (lambda: _hooked(1, "hook", lambda m, i, o: o + o.sum(1, keepdim=True)),
-                       "GraphSystem"),
-    "hook returning None": (lambda: _hooked(3, "hook", lambda m, i, o: None), "GraphSystem"),
-    "patched forward": (_patched, "GraphSystem"),
-    "subclass forward": (_subclass, "GraphSystem"),
-    "hook in a nested Sequential": (_nested_hook, "GraphSystem"),
-    "pruning": (_pruned, "BlockBidiagonalSystem"),
-    "tied weights": (_tied, "BlockBidiagonalSystem"),
-    "a Linear used twice": (_reused, "BlockBidiagonalSystem"),
-    "tied weights in a graph": (_tied_graph, "GraphSystem"),
-    "parametrization": (_parametrized, "BlockBidiagonalSystem"),
-    "weight_norm": (_weight_norm, "BlockBidiagonalSystem"),
-    "spectral_norm in eval mode": (_spectral_eval, "BlockBidiagonalSystem"),
-    "ReLU(inplace=True)": (lambda: mlp(lambda: nn.ReLU(inplace=True)), "BlockBidiagonalSystem"),
+                       GRAPH),
+    "hook returning None": (lambda: _hooked(3, "hook", lambda m, i, o: None), GRAPH),
+    "patched forward": (_patched, GRAPH),
+    "subclass forward": (_subclass, GRAPH),
+    "hook in a nested Sequential": (_nested_hook, GRAPH),
+    "pruning": (_pruned, FNN),
+    "tied weights": (_tied, FNN),
+    "a Linear used twice": (_reused, FNN),
+    "tied weights in a graph": (_tied_graph, GRAPH),
+    "weight_norm (hook-based)": (_old_weight_norm, GRAPH),
+    "spectral_norm (hook-based) in eval mode": (lambda: _old_spectral_training().eval(), GRAPH),
+    "parametrization": (_parametrized, FNN),
+    "weight_norm": (_weight_norm, FNN),
+    "spectral_norm in eval mode": (_spectral_eval, FNN),
+    "ReLU(inplace=True)": (lambda: mlp(lambda: nn.ReLU(inplace=True)), FNN),
 }
 
 
@@ -148,7 +158,7 @@ def test_every_method_gives_autograds_gradients(case):
     net = make()
     x = _x(net)
     problem = trilib.api.backward_problem(net, x, loss_fn)
-    assert type(problem.system).__name__ == system_type
+    assert isinstance(problem.system, trilib.BlockBidiagonalSystem) == (system_type == FNN)
     ref = autograd_grads(net, x, loss_fn)
     methods = trilib.methods(problem.system)
     assert len(methods) >= 4
@@ -191,7 +201,7 @@ def test_a_global_forward_hook_is_honoured():
             assert grad_error(grads, ref) <= EXACT, method
     finally:
         handle.remove()
-    assert type(trilib.backward_system(net, x, loss_fn)).__name__ == "BlockBidiagonalSystem"
+    assert isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
 
 
 def _backward_hooked():
@@ -203,6 +213,12 @@ def _backward_hooked():
 def _grad_hooked():
     net = mlp()
     net[0].weight.register_hook(lambda g: 3 * g)
+    return net
+
+
+def _old_spectral_training():
+    net = mlp()
+    net[2] = nn.utils.spectral_norm(net[2])             # the hook-based API
     return net
 
 
@@ -242,6 +258,7 @@ REFUSED = {
     "full backward hook": (_backward_hooked, "'2' (Linear) has a backward hook"),
     "gradient hook on a weight": (_grad_hooked, "'0' (Linear) has a gradient hook on a parameter"),
     "spectral_norm in training mode": (_spectral_training, "has a stateful parametrization"),
+    "old spectral_norm in training mode": (_old_spectral_training, "(Linear) has a stateful parametrization"),
     "forward hook on an nn.RNN": (_hooked_rnn, "(RNN) has a forward hook"),
     "parametrized nn.GRU": (_hooked_gru, "has a parametrization (weight_hh_l0: Scale)"),
     "nn.RNN subclass with its own forward": (_rnn_subclass, "(MyRNN) has its own forward"),
@@ -272,13 +289,28 @@ def test_forward_system_refuses_hooks_and_computes_pruned_and_parametrized_weigh
 
 def test_a_hook_added_after_a_parse_is_seen():
     net, x = mlp(), torch.randn(3, 4, dtype=F64)
-    assert type(trilib.backward_system(net, x, loss_fn)).__name__ == "BlockBidiagonalSystem"
+    assert isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
     handle = net[1].register_forward_hook(lambda m, i, o: 2 * o)
-    assert type(trilib.backward_system(net, x, loss_fn)).__name__ == "GraphSystem"
+    assert not isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
     with pytest.raises(UnsupportedLayerError, match=r"module '1' \(Tanh\) has a forward hook"):
         trilib.fnn.parse_sequential(net)
     handle.remove()
-    assert type(trilib.backward_system(net, x, loss_fn)).__name__ == "BlockBidiagonalSystem"
+    assert isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
+
+
+def test_a_patch_or_a_hooked_module_added_after_a_parse_is_seen():
+    net, x = mlp(), torch.randn(3, 4, dtype=F64)
+    hooked = nn.Linear(6, 5, dtype=F64)
+    hooked.register_forward_hook(lambda m, i, o: 2 * o)       # before the parse: no later hook
+    trilib.backward_system(net, x, loss_fn)
+    net[2] = hooked
+    with pytest.raises(UnsupportedLayerError, match=r"module '2' \(Linear\) has a forward hook"):
+        trilib.fnn.parse_sequential(net)
+    net = mlp()
+    trilib.backward_system(net, x, loss_fn)
+    net[4].forward = lambda z: torch.zeros(len(z), 3, dtype=F64)
+    with pytest.raises(UnsupportedLayerError, match=r"module '4' \(Linear\) has a patched forward"):
+        trilib.fnn.parse_sequential(net)
 
 
 def test_module_features_names_each_feature_once():

@@ -14,15 +14,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 __all__ = [
     "MemoryLimitError",
     "UnsupportedLayerError",
-    "ModuleFeature",
-    "module_features",
-    "refuse_features",
-    "plain_module",
-    "global_hooks",
+    # what makes a module compute other than its class says
+    "ModuleFeature", "module_features", "refuse_features", "plain_module", "global_hooks", "hooks_registered",
+    "CHANGES_FORWARD", "CHANGES_BACKWARD",
     "config",
     "check_finite",
     "check_finite_named",
@@ -253,7 +252,6 @@ class ModuleFeature(NamedTuple):
         feature: e.g. ``"a forward hook"`` (:data:`CHANGES_FORWARD`, :data:`CHANGES_BACKWARD`).
         detail: what exactly, for the message (e.g. which tensor is parametrized).
     """
-
     module: str
     feature: str
     detail: str = ""
@@ -282,10 +280,11 @@ _GLOBAL = {"_global_forward_hooks": "a global forward hook", "_global_backward_h
            "a global backward hook", "_global_forward_pre_hooks": "a global forward hook",
            "_global_backward_pre_hooks": "a global backward hook"}
 _OWN_FORWARD: dict[type, bool] = {}
+_POWER_ITERATION = ("spectral_norm in training mode updates its power-iteration vectors on every "
+                    "call; call model.eval()")
 
 
-def _torch_base(cls: type) -> type:
-    """The first class of ``cls``'s MRO that ``torch.nn`` defines."""
+def _torch_base(cls: type) -> type:     # the first class of cls's MRO that torch.nn defines
     return next((b for b in cls.__mro__ if b.__module__.startswith("torch.nn.")), nn.Module)
 
 
@@ -309,16 +308,25 @@ def plain_module(m: nn.Module) -> bool:
             or d["_backward_pre_hooks"] or "forward" in d or "parametrizations" in d["_modules"]):
         return False
     own = _OWN_FORWARD.get(type(m))
-    return not (own if own is not None else _own_forward(type(m))) and not any(
-        p is not None and (p._backward_hooks or p._post_accumulate_grad_hooks)
-        for p in d["_parameters"].values())
+    if own if own is not None else _own_forward(type(m)):
+        return False
+    for p in d["_parameters"].values():
+        if p is not None and (p._backward_hooks or p._post_accumulate_grad_hooks):
+            return False
+    return True
+
+
+def hooks_registered() -> int | None:
+    """A stamp that changes whenever any hook is registered anywhere (module, global, tensor:
+    PyTorch numbers every hook handle from one counter), or ``None`` if PyTorch has no such
+    counter. A check that found a model clean at one stamp need not read its hooks again."""
+    return getattr(torch.utils.hooks.RemovableHandle, "next_id", None)
 
 
 def global_hooks() -> list[ModuleFeature]:
     """The hooks registered for every module (``register_module_forward_hook`` and kin)."""
     hooks = nn.modules.module
-    return list(dict.fromkeys(ModuleFeature("*", feature) for attr, feature in _GLOBAL.items()
-                              if getattr(hooks, attr)))
+    return list(dict.fromkeys(ModuleFeature("*", f) for a, f in _GLOBAL.items() if getattr(hooks, a)))
 
 
 def _module_features(name: str, m: nn.Module, out: list) -> None:
@@ -333,21 +341,20 @@ def _module_features(name: str, m: nn.Module, out: list) -> None:
             if pruned:
                 out.append(ModuleFeature(name, "pruning", ", ".join(pruned)))
             hooks = [h for h in hooks if not isinstance(h, prune.BasePruningMethod)]
+            if m.training and any(isinstance(h, SpectralNorm) for h in hooks):   # the old API's
+                out.append(ModuleFeature(name, "a stateful parametrization", _POWER_ITERATION))
         if hooks:
             out.append(ModuleFeature(name, feature))
     if "forward" in m.__dict__:
         out.append(ModuleFeature(name, "a patched forward", "forward assigned on the instance"))
     if _own_forward(type(m)):
-        out.append(ModuleFeature(name, "its own forward",
-                                 f"a subclass of {_torch_base(type(m)).__name__}"))
+        out.append(ModuleFeature(name, "its own forward", f"a subclass of {_torch_base(type(m)).__name__}"))
     if "parametrizations" in m._modules:
         for tensor, plist in m._modules["parametrizations"].items():
             kinds = ", ".join(type(p).__name__ for p in plist)
             out.append(ModuleFeature(name, "a parametrization", f"{tensor}: {kinds}"))
             if any(type(p).__name__ == "_SpectralNorm" and p.training for p in plist):
-                out.append(ModuleFeature(name, "a stateful parametrization",
-                                         f"spectral_norm on {tensor} in training mode updates its "
-                                         "power-iteration vectors on every call; call model.eval()"))
+                out.append(ModuleFeature(name, "a stateful parametrization", _POWER_ITERATION))
     for pname, p in m._parameters.items():
         if p is not None and (p._backward_hooks or p._post_accumulate_grad_hooks):
             out.append(ModuleFeature(name, "a gradient hook on a parameter", pname))
@@ -358,12 +365,10 @@ def module_features(model: nn.Module) -> list[ModuleFeature]:
     what its modules' classes say (the one place that knows them; builders decide what they
     can compute exactly and refuse the rest before any solve).
 
-    Found: forward hooks, forward pre-hooks, backward hooks (module, global and on parameters),
-    a ``forward`` assigned on the instance (LoRA-style patches), a subclass of a ``torch.nn``
-    layer with its own ``forward``, parametrizations (``torch.nn.utils.parametrize``,
-    ``weight_norm``, ``spectral_norm``; stateful in training mode), pruning masks
-    (``torch.nn.utils.prune``), parameters registered under two names (tied weights) and
-    ``inplace=True`` modules. Cheap when there is nothing: a few dictionary reads per module.
+    Found: forward, pre- and backward hooks (on modules, global, on parameters), a ``forward``
+    assigned on the instance (LoRA-style) or overridden by a subclass of a ``torch.nn`` layer,
+    parametrizations (``parametrize``, ``weight_norm``, ``spectral_norm``: stateful in training
+    mode), pruning, parameters under two names (tied weights) and ``inplace=True`` modules.
 
     Example:
         >>> import torch
@@ -373,11 +378,7 @@ def module_features(model: nn.Module) -> list[ModuleFeature]:
         [('0', 'a forward hook'), ('1', 'inplace=True')]
     """
     out = global_hooks()
-    seen: dict[int, str] = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        if id(m) in seen:
-            continue
-        seen[id(m)] = name
+    for name, m in model.named_modules():           # a module used twice is named once
         _module_features(name, m, out)
     owners: dict[int, str] = {}
     for pname, p in model.named_parameters(remove_duplicate=False):

@@ -84,20 +84,23 @@ def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
                     "alone. Remove it (handle.remove(), model.eval()) or compute dE/dp with "
                     "torch.autograd")
     check_finite_named(module_tensors(model))
-    if isinstance(model, (nn.RNN, rnn.RNNClassifier, gated.GATED, gated.GatedClassifier)):
+    if isinstance(model, gated.RECURRENT):
         _refuse_recurrent(model, features)
-    if isinstance(model, gated.RECURRENT) and model.bidirectional:
-        return gated.bidirectional_problem(model, x, loss_fn)
-    if isinstance(model, (rnn.RNNClassifier, gated.GatedClassifier)) and model.rnn.bidirectional:
-        return gated.bidirectional_classifier_problem(model, x, loss_fn)
-    if isinstance(model, nn.RNN):
-        return rnn.backward_problem(model, x, loss_fn)
-    if isinstance(model, rnn.RNNClassifier):
-        return rnn.classifier_problem(model, x, loss_fn)
-    if isinstance(model, gated.GATED):
-        return gated.backward_problem(model, x, loss_fn)
-    if isinstance(model, gated.GatedClassifier):        # its forward_method may need a solver
-        return gated.classifier_problem(model, x, loss_fn, solve=solve)
+        if model.bidirectional:
+            return gated.bidirectional_problem(model, x, loss_fn)
+        builder = rnn.backward_problem if isinstance(model, nn.RNN) else gated.backward_problem
+        return builder(model, x, loss_fn)
+    if isinstance(model, (rnn.RNNClassifier, gated.GatedClassifier)):
+        _refuse_recurrent(model, features)
+        try:
+            if model.rnn.bidirectional:
+                return gated.bidirectional_classifier_problem(model, x, loss_fn)
+            if isinstance(model, rnn.RNNClassifier):
+                return rnn.classifier_problem(model, x, loss_fn)
+            return gated.classifier_problem(model, x, loss_fn, solve=solve)   # forward_method may solve
+        except UnsupportedLayerError as e:                  # say which submodule
+            raise UnsupportedLayerError(f"submodule 'rnn' ({type(model.rnn).__name__}) of the "
+                                        f"{type(model).__name__}: {e}") from e
     return _graph_problem(model, x, loss_fn, features)
 
 

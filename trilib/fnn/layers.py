@@ -28,6 +28,7 @@ from .._checks import (
     CHANGES_FORWARD,
     UnsupportedLayerError,
     global_hooks,
+    hooks_registered,
     module_features,
     plain_module,
     refuse_features,
@@ -191,27 +192,37 @@ def parse_sequential(model: nn.Module) -> FNNLayers:
     with _gc_paused():
         objects: list = []
         sizes: list[int] = []
-        odd: list[nn.Module] = []
-        _structure(model, objects, sizes, odd)
-        if odd or global_hooks():
-            _refuse_changed(model)
+        mods: list[nn.Module] = []
+        stamp = hooks_registered()
+        _structure(model, objects, sizes, mods)
         key = (list(map(id, objects)), sizes)   # identities stay unique: the cache keeps them
         cached = _PARSED.get(model)
+        if cached is not None and cached[0] == key and stamp is not None and cached[3] == stamp:
+            # unchanged, and no hook registered anywhere since it was checked: only a forward
+            # assigned on an instance could have changed what a module computes
+            odd = [m for m in mods if "forward" in m.__dict__]
+        else:
+            odd = [m for m in mods if not plain_module(m)]
+        if odd or global_hooks():
+            _refuse_changed(model)
         if cached is None or cached[0] != key:
             modules: list[tuple[str, nn.Module]] = []
             params: list[tuple[str, nn.Parameter]] = []
             plain = _flatten(model, "", modules, params, set())
             layers = _layers(modules)
             layers.params, layers.plain = params, plain and not any(la.derived for la in layers)
-            cached = _PARSED[model] = (key, layers, objects)
+            cached = (key, layers, objects, stamp)
+        if cached[3] != stamp or _PARSED.get(model) is not cached:
+            cached = _PARSED[model] = (*cached[:3], stamp)
         out = FNNLayers(cached[1])              # a copy: the caller may change its list
         out.params, out.plain = cached[1].params, cached[1].plain
     return out
 
 
-# model -> (its structure, its parse): parsing a deep model walks thousands of modules and names
-# every parameter; the structure is re-read on every call (every module and parameter object,
-# compared by identity), so a model changed in any way is parsed again.
+# model -> (its structure, its parse, its objects, the hooks_registered() stamp of its last check):
+# parsing a deep model walks thousands of modules and names every parameter; the structure is
+# re-read on every call (every module and parameter object, compared by identity), so a model
+# changed in any way is parsed again, and checked for hooks in full when any hook was registered.
 _PARSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -224,26 +235,23 @@ def _refuse_changed(model: nn.Module) -> None:
                     "module calls; or remove the hook (handle.remove()) or the patch")
 
 
-def _structure(model: nn.Module, objects: list, sizes: list, odd: list) -> None:
+def _structure(model: nn.Module, objects: list, sizes: list, mods: list) -> None:
     """Everything a parse depends on, in order: the modules of the nested ``nn.Sequential`` s,
     their names, the parameter objects of each (all compared by identity, not by value: the
-    optimiser's in-place updates do not change a parse) and the widths of every Linear. Modules
-    that are not :func:`~trilib._checks.plain_module` (hooks, patches, parametrizations,
-    pruning) are appended to ``odd``: those are re-examined on every call, never cached."""
-    if not plain_module(model):
-        odd.append(model)
+    optimiser's in-place updates do not change a parse) and the widths of every Linear; every
+    module (containers too) is appended to ``mods`` for the hook checks."""
+    mods.append(model)
     objects.append(model)
     objects.extend(chain.from_iterable(model._parameters.items()))
     for name, child in model._modules.items():
         objects.append(name)
         if type(child) is nn.Sequential:
-            _structure(child, objects, sizes, odd)
+            _structure(child, objects, sizes, mods)
             continue
         objects.append(child)
         if child is None:
             continue
-        if not plain_module(child):
-            odd.append(child)
+        mods.append(child)
         objects.extend(chain.from_iterable(child._parameters.items()))
         if child._modules:
             objects.extend(chain.from_iterable(child.named_parameters()))
