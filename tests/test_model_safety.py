@@ -311,6 +311,11 @@ def test_a_patch_or_a_hooked_module_added_after_a_parse_is_seen():
     net[4].forward = lambda z: torch.zeros(len(z), 3, dtype=F64)
     with pytest.raises(UnsupportedLayerError, match=r"module '4' \(Linear\) has a patched forward"):
         trilib.fnn.parse_sequential(net)
+    del net[4].forward
+    trilib.fnn.parse_sequential(net)
+    net[2].__class__ = Doubled                                 # a class swapped on the instance
+    with pytest.raises(UnsupportedLayerError, match=r"module '2' \(Doubled\) has its own forward"):
+        trilib.fnn.parse_sequential(net)
 
 
 def test_module_features_names_each_feature_once():

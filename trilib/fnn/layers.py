@@ -251,6 +251,7 @@ def _structure(model: nn.Module, objects: list, sizes: list, mods: list) -> None
         objects.append(child)
         if child is None:
             continue
+        objects.append(type(child))             # a class swapped on the instance changes its forward
         mods.append(child)
         objects.extend(chain.from_iterable(child._parameters.items()))
         if child._modules:
