@@ -364,3 +364,17 @@ def test_token_ids_are_never_told_to_become_floats():
             assert grad_error(grads, ref) <= EXACT, method
     with pytest.raises(TypeError, match=r"convert it with x.to\(torch.float64\) if it holds numbers"):
         trilib.gradients(mlp(), ids[:, :1].expand(2, 4), loss_fn)
+
+
+def test_a_global_backward_hook_or_a_post_accumulate_hook_is_refused():
+    x = torch.randn(3, 4, dtype=F64)
+    handle = nn.modules.module.register_module_full_backward_hook(lambda m, gi, go: None)
+    try:
+        with pytest.raises(UnsupportedLayerError, match=r"every module .* has a global backward hook"):
+            trilib.backward_system(mlp(), x, loss_fn)
+    finally:
+        handle.remove()
+    net = mlp()
+    net[4].bias.register_post_accumulate_grad_hook(lambda p: None)
+    with pytest.raises(UnsupportedLayerError, match=r"'4' \(Linear\) has a gradient hook .* \(bias\)"):
+        trilib.backward_system(net, x, loss_fn)
