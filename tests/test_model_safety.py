@@ -378,3 +378,60 @@ def test_a_global_backward_hook_or_a_post_accumulate_hook_is_refused():
     net[4].bias.register_post_accumulate_grad_hook(lambda p: None)
     with pytest.raises(UnsupportedLayerError, match=r"'4' \(Linear\) has a gradient hook .* \(bias\)"):
         trilib.backward_system(net, x, loss_fn)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.a, self.b = nn.Linear(4, 5, dtype=F64), nn.Linear(5, 3, dtype=F64)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _container_hooked():
+    net = nn.Sequential(nn.Linear(4, 4, dtype=F64), nn.Sequential(nn.Tanh(), nn.Linear(4, 3, dtype=F64)))
+    net[1].register_forward_hook(lambda m, i, o: o.flip(1))
+    return net
+
+
+def _root_patched():
+    net = mlp()
+    net.forward = lambda z: nn.Sequential.forward(net, z) * 3
+    return net
+
+
+def _root_hooked(model, kind="hook"):
+    hook = (lambda m, i, o: 2 * o) if kind == "hook" else (lambda m, i: (i[0] * 2,))
+    getattr(model, f"register_forward_{kind}")(hook)
+    return model
+
+
+# hooks and patches the graph builder's capture may not run (on the model itself, on a container
+# it traces through): exact with every method, or refused naming the module and the feature
+ROOT_CASES = {
+    "forward hook on the Sequential itself": (lambda: _root_hooked(mlp()),
+                                              "'(the model)' (Sequential) has a forward hook"),
+    "forward pre-hook on the Sequential itself": (lambda: _root_hooked(mlp(), "pre_hook"),
+                                                  "'(the model)' (Sequential) has a forward pre-hook"),
+    "forward patched on the Sequential itself": (_root_patched, "(Sequential) has a patched forward"),
+    "forward hook on a custom model": (lambda: _root_hooked(Block()),
+                                       "'(the model)' (Block) has a forward hook"),
+    "forward hook on a nested Sequential": (_container_hooked, "'1' (Sequential) has a forward hook"),
+}
+
+
+@pytest.mark.parametrize("case", list(ROOT_CASES))
+def test_hooks_the_capture_may_miss_are_exact_or_refused(case):
+    make, says = ROOT_CASES[case]
+    net, x = make(), torch.randn(3, 4, dtype=F64)
+    try:
+        problem = trilib.api.backward_problem(net, x, loss_fn)
+    except UnsupportedLayerError as e:
+        assert says in str(e) and "differs from model(x)" in str(e)
+        return
+    ref = autograd_grads(net, x, loss_fn)
+    for method in trilib.methods(problem.system):
+        grads = problem.parameter_gradients(trilib.solve(problem.system, method))
+        assert grad_error(grads, ref) <= EXACT, method

@@ -11,10 +11,12 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map
 
 from . import fnn, gated, graph, rnn
 from ._checks import (
     CHANGES_BACKWARD,
+    CHANGES_FORWARD,
     UnsupportedLayerError,
     check_finite_named,
     module_features,
@@ -119,8 +121,14 @@ def _graph_problem(model: nn.Module, x, loss_fn: Callable, features) -> Backward
     """The graph builder's problem. A refusal says why in the user's terms: integer ids fed to
     an embedding are data (never "convert to float"), and ``inplace=False`` computes the same
     function when the model has in-place modules."""
+    changed = [f for f in features if f.feature in CHANGES_FORWARD]
+    if changed:
+        loss_fn, seen = _spy(loss_fn)
     try:
-        return graph.backward_problem(model, x, loss_fn)
+        problem = graph.backward_problem(model, x, loss_fn)
+        if changed:
+            _check_captured(model, x, seen, changed)
+        return problem
     except UnsupportedLayerError as e:
         inplace = [f.module for f in features if f.feature == "inplace=True"]
         if not inplace:
@@ -141,6 +149,42 @@ def _graph_problem(model: nn.Module, x, loss_fn: Callable, features) -> Backward
             f"The graph builder refused them: {e}. Feed the embedded vectors instead (the "
             "embedding's output as x of the rest of the model) or compute dE/dp with "
             "torch.autograd") from e
+
+
+def _spy(loss_fn: Callable) -> tuple[Callable, list]:
+    """``loss_fn`` that also keeps (detached) what it was called with."""
+    seen: list = []
+
+    def spy(out, *args, **kwargs):
+        seen.append(tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out))
+        return loss_fn(out, *args, **kwargs)
+
+    return spy, seen
+
+
+def _check_captured(model: nn.Module, x, seen: list, changed) -> None:
+    """The output the graph builder computed must be what ``model(x)`` returns: a hook or patch
+    that its capture did not run (one on the model itself, on a container it traced through)
+    would otherwise give wrong gradients with every method. One forward pass, only for models
+    with such features."""
+    args = x if isinstance(x, (tuple, list)) else (x,)
+    with torch.no_grad():
+        real = [t for t in tree_leaves(model(*args)) if isinstance(t, torch.Tensor)]
+    got = [t for t in tree_leaves(seen[:1]) if isinstance(t, torch.Tensor)]
+    same = len(got) == len(real) and all(_close(a, b) for a, b in zip(got, real))
+    if not same:
+        refuse_features(model, changed, "the graph builder's capture computes an output that differs "
+                        "from model(x), so it does not run this (a hook or patch on the model itself "
+                        "or on a container it traces through), and its gradients would be wrong. "
+                        "Move the computation into a module's forward, or compute dE/dp with "
+                        "torch.autograd")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to rounding (relative to ``b``'s largest entry), or exactly for integers."""
+    if a.shape != b.shape or a.dtype != b.dtype or not b.is_floating_point() or not b.numel():
+        return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    return torch.allclose(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max()))
 
 
 def _with_direct_terms(model: nn.Module, loss_fn: Callable) -> tuple[Callable, dict[str, torch.Tensor]]:
