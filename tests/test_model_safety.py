@@ -41,6 +41,25 @@ class Scale(nn.Module):
         return 1.5 * w
 
 
+class LowRank(nn.Module):
+    """A LoRA-style parametrization with parameters of its own: W + B A, the base W frozen."""
+
+    def __init__(self, rows, cols, rank=2):
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(rank, cols, dtype=F64))
+        self.b = nn.Parameter(torch.randn(rows, rank, dtype=F64))
+
+    def forward(self, w):
+        return w + self.b @ self.a
+
+
+def _low_rank(frozen=False):
+    net = mlp()
+    net[2].weight.requires_grad_(not frozen)
+    parametrize.register_parametrization(net[2], "weight", LowRank(5, 6))
+    return net
+
+
 def _patched():
     net = mlp()
     inner = net[2].forward
@@ -141,6 +160,7 @@ EXACT_CASES = {
     "weight_norm (hook-based)": (_old_weight_norm, GRAPH),
     "spectral_norm (hook-based) in eval mode": (lambda: _old_spectral_training().eval(), GRAPH),
     "parametrization": (_parametrized, FNN),
+    "low-rank parametrization": (_low_rank, FNN),
     "weight_norm": (_weight_norm, FNN),
     "spectral_norm in eval mode": (_spectral_eval, FNN),
     "ReLU(inplace=True)": (lambda: mlp(lambda: nn.ReLU(inplace=True)), FNN),
@@ -435,3 +455,10 @@ def test_hooks_the_capture_may_miss_are_exact_or_refused(case):
     for method in trilib.methods(problem.system):
         grads = problem.parameter_gradients(trilib.solve(problem.system, method))
         assert grad_error(grads, ref) <= EXACT, method
+
+
+def test_a_frozen_base_under_a_low_rank_parametrization():
+    net, x = _low_rank(frozen=True), torch.randn(3, 4, dtype=F64)
+    assert isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
+    for method in ("sequential", "blelloch", "jacobi"):
+        assert trilib.compare_to_autograd(net, x, loss_fn, method=method) <= EXACT
