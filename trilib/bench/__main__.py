@@ -74,8 +74,9 @@ def parser() -> argparse.ArgumentParser:
                    help="batch where the batch is not swept (default: %(default)s)")
     p.add_argument("--methods", default=None,
                    help="comma-separated trilib methods and/or peers (associative_scan, "
-                        "jax.associative_scan, jax.scan); default: all that trilib.methods(system) "
-                        "reports, plus the peers")
+                        "jax.associative_scan, jax.scan), each timed where it applies (one list can "
+                        "name the MLP's and the RNN's methods); default: all that "
+                        "trilib.methods(system) reports, plus the peers")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])

@@ -60,8 +60,8 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
     problem = backward_problem(model, x, loss_fn)
     system = problem.system
     available = list(registered_methods(system))
-    scans = [SCAN, *JAX_METHODS] if scan_applies(system) else []
-    chosen = available + scans if methods is None else [m for m in methods if m != AUTOGRAD]
+    applicable = available + ([SCAN, *JAX_METHODS] if scan_applies(system) else [])
+    chosen = applicable if methods is None else [m for m in methods if m in applicable]
     fns: dict[str, Callable] = {AUTOGRAD: lambda: torch.autograd.grad(out, plist, retain_graph=True)}
     solves: dict[str, Callable] = {}
     notes: dict[str, str] = {}
@@ -71,8 +71,6 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
     for m in chosen:
         try:                                   # skip what cannot run here, say why
             if m in JAX_METHODS:
-                if not scan_applies(system):
-                    raise ValueError("JAX scans need an upper block bi-diagonal system of one width")
                 if jax_fns is None:
                     info = jax_info()
                     if info["jax"] is None:
@@ -85,12 +83,9 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
                 continue
             if m == SCAN:
                 solver = lambda: associative_scan_solve(system)  # noqa: E731
-            elif m in available:
+            else:
                 solver = lambda m=m: solve(system, method=m)     # noqa: E731
                 steps[m] = solve(system, method=m, return_trace=True)[1].steps
-            else:
-                notes[m] = f"not available for {type(system).__name__}"
-                continue
             errors[m] = _solution_error(solver(), problem, names, ref)
         except Exception as exc:               # noqa: BLE001 -- reported in the table
             notes[m] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -174,8 +169,10 @@ def run_mlp(ks: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
 
     Args:
         ks, ns, batches: the sizes; every combination is run.
-        methods: trilib method names (and/or ``"associative_scan"``); ``None`` = every method
-            ``trilib.methods(system)`` reports, plus ``"associative_scan"``.
+        methods: trilib method names and/or the scans (``"associative_scan"``, JAX's); ``None`` =
+            every method ``trilib.methods(system)`` reports, plus the scans where they apply. A
+            method that does not apply to the case's system is left out of it (so one list can
+            name the MLP's and the RNN's methods).
         device, dtype: where and in what precision.
         repeats, warmup: timed and untimed rounds (see :func:`measure`).
         sweep: a label stored in each row (which size this series varies).
