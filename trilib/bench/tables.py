@@ -4,14 +4,14 @@ gated suite's, :func:`trilib.viz.compare.speedup_table`) and the timeline table 
 
 Cells arrive as strings (:func:`cell` formats a number, or a dash where there is none); a column
 is as wide as its widest cell or header, the first ``left`` columns are left-aligned and the
-rest right-aligned, and columns are joined by ``sep``.
+rest right-aligned, with ``gap`` spaces between columns.
 
 Example:
     >>> print(text_table(["case", "autograd", "blelloch"], [["k=4", cell(2.0, ".3f"), cell(0.5)],
     ...                                                    ["k=64", cell(6.0, ".3f"), cell(None)]]))
-    case  autograd  blelloch
-    k=4      2.000      0.50
-    k=64     6.000         -
+    case    autograd  blelloch
+    k=4        2.000      0.50
+    k=64       6.000         -
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def cell(value, spec: str = ".2f", missing: str = "-", suffix: str = "") -> str:
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str | None = None,
-               left: int = 1, sep: str = "  ", min_width: int = 0) -> str:
+               left: int = 1, gap: int = 2, min_width: int = 0) -> str:
     """Lay out a plain-text table.
 
     Args:
@@ -43,8 +43,10 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str 
         rows: one sequence of string cells per line, as many as ``header`` has names.
         title: a first line above the header (none when ``None``).
         left: how many leading columns are left-aligned (labels); the others are right-aligned.
-        sep: the text between two columns.
-        min_width: the narrowest a right-aligned column may be (keeps short columns readable).
+        gap: spaces after a left-aligned column and before a right-aligned one (not before the
+            first column).
+        min_width: the narrowest a right-aligned column may be, its gap included (keeps columns
+            of short numbers evenly spaced).
 
     Returns:
         The lines joined by newlines, without trailing spaces.
@@ -58,11 +60,13 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str 
     if bad:
         raise ValueError(f"text_table: row {bad[0]} has {len(body[bad[0]])} cells, the header "
                          f"{len(header)} ({header})")
-    widths = [max([len(h), *(len(row[j]) for row in body)]) for j, h in enumerate(header)]
-    widths = [w if j < left else max(w, min_width) for j, w in enumerate(widths)]
+    widths = []
+    for j, h in enumerate(header):
+        w = max([len(h), *(len(row[j]) for row in body)])
+        widths.append(w + gap if j < left else max(w + (gap if j else 0), min_width))
 
     def line(cells: Sequence[str]) -> str:
-        return sep.join(c.ljust(w) if j < left else c.rjust(w)
-                        for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "".join(c.ljust(w) if j < left else c.rjust(w)
+                       for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join(([title] if title is not None else []) + [line(header)] + [line(r) for r in body])

@@ -247,9 +247,9 @@ def speedup_table(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: 
         ...                         (64, "autograd", 6.0), (64, "cyclic_reduction", 3.0)]]
         >>> print(speedup_table(rows))
         backward speed-up over autograd (autograd time / method time; > 1 is faster), by k
-        method                    k=4       k=64
-        autograd time (ms)   2000.000   6000.000
-        cyclic_reduction         0.50       2.00
+        method                      k=4       k=64
+        autograd time (ms)     2000.000   6000.000
+        cyclic_reduction           0.50       2.00
     """
     rows = _series(_rows(result_or_rows, metric), suite, sweep, fixed)
     sp = _speedups(rows, suite, sweep)
@@ -262,7 +262,7 @@ def speedup_table(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: 
     body = [["autograd time (ms)", *(cell(base[s] * 1e3 if s in base else None, ".3f") for s in sizes)]]
     body += [[m, *(cell(sp[m].get(s), f".{digits}f") for s in sizes)] for m in names]
     return text_table(["method", *(f"{label}={s}" for s in sizes)], body,
-                      title=f"{metric} {SPEEDUP}, by {label}{where}", min_width=9)
+                      title=f"{metric} {SPEEDUP}, by {label}{where}", min_width=11)
 
 
 def crossover_report(result: dict, key: str, digits: int = 2) -> str:
