@@ -119,7 +119,7 @@ def _machine(device: torch.device, name: str, stem: str) -> dict:
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(),
             "jax": jax["jax"], "jaxlib": jax.get("jaxlib"), "xla_flags": jax.get("xla_flags"),
-            "jax_reason": jax.get("reason"),
+            "jax_reason": jax.get("reason"), "jax_backend": jax.get("backend"),
             "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

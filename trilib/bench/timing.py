@@ -102,11 +102,21 @@ def cuda_graph(fn: Callable[[], object], device: torch.device | str, warmup: int
 
     Raises:
         ValueError: ``device`` is not a CUDA device (CUDA graphs exist only there).
+        RuntimeError: ``fn`` synchronises with the host (found before capturing, by
+            ``torch.cuda.set_sync_debug_mode("error")``), or the capture failed.
     """
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"cuda_graph: CUDA graphs need a CUDA device, got device {device.type!r}; "
                          f"time on CPU without them")
+    # A host synchronisation inside a capture can leave the CUDA context unusable; PyTorch's
+    # sync debug mode turns it into a clean RuntimeError on an ordinary call first.
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
