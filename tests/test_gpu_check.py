@@ -73,3 +73,19 @@ def test_figures_skip_an_unrecorded_gpu_unless_named(tmp_path, monkeypatch, caps
     assert "skipped bench_cuda: no recorded cuda results" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="no recorded cuda results"):
         figures.main(["bench_cuda", "--out", str(tmp_path)])
+
+
+def test_the_script_selects_every_cuda_test():
+    """gpu_check.sh runs `pytest -k cuda` over the test files that mention CUDA: every test that
+    is marked cuda or skipped without a GPU must have "cuda" in its name to be selected."""
+    import ast
+
+    missed = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                marks = " ".join(ast.get_source_segment(source, d) for d in node.decorator_list)
+                if "cuda" in marks.lower() and "cuda" not in node.name.lower():
+                    missed.append(f"{path.name}::{node.name}")
+    assert not missed, f"name these tests ...cuda... so scripts/gpu_check.sh runs them: {missed}"

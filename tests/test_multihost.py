@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,28 @@ def test_two_hosts_two_ranks_each_every_schedule():
     left = ip("netns", "list").stdout + ip("link", "show").stdout
     assert TAG not in left, left
     assert all(p.poll() is not None for p in procs)
+
+
+def test_cleanup_ends_a_hung_run_and_removes_both_hosts():
+    """What the finally clause does when a run hangs: its processes end (by process group, then
+    whatever is left in the namespaces by PID) and neither namespace nor the veth pair stays."""
+    reason = _why_not()
+    if reason:
+        _skip_or_fail(reason)
+    hosts = {h: (f"{TAG}{h}", f"{TAG}v{h}", a) for h, a in HOSTS.items()}
+    procs = []
+    try:
+        hosts = _namespaces()
+        procs = [subprocess.Popen(["ip", "netns", "exec", hosts[h][0], "sleep", "300"],
+                                  start_new_session=True) for h in ("a", "b")]
+        deadline = time.monotonic() + 10
+        while not ip("netns", "pids", hosts["b"][0]).stdout.split() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ip("netns", "pids", hosts["b"][0]).stdout.split()     # something runs in host b
+    finally:
+        if procs:
+            _stop(procs[0])                   # host a's by its process group,
+        _remove(hosts)                        # host b's by PID, from inside the namespace
+    assert all(p.wait(10) is not None for p in procs)
+    left = ip("netns", "list").stdout + ip("link", "show").stdout
+    assert TAG not in left, left
