@@ -139,10 +139,10 @@ fi
 # 3. the figures ---------------------------------------------------------------------------------
 if ! has matplotlib; then
     say "figures: SKIPPED (no matplotlib)"
-elif [ "$DEVICE" = cuda ]; then
+elif [ "$DEVICE" = cuda ] && [ "$OUT" -ef benchmarks/results ]; then
     run "figures" 60 "$PY" -m trilib.figures bench_cuda bench_cuda_deep --out "$FIGURES"
 else
-    say "figures: drawn by the bench into $FIGURES (python -m trilib.figures reads benchmarks/results)"
+    say "figures: drawn by the bench into $FIGURES (python -m trilib.figures reads benchmarks/results only)"
 fi
 
 # summary -----------------------------------------------------------------------------------------
