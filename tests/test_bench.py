@@ -115,6 +115,14 @@ def test_jax_peers_solve_the_same_system():
         assert rel(torch.from_numpy(np.array(fn())), ref) < 1e-5, name
 
 
+def test_a_method_that_applies_nowhere_is_noted(tmp_path, capsys):
+    result = bench.main(TINY + ["--suite", "mlp", "--methods", "sequential,wavefront", "--no-step",
+                                "--out", str(tmp_path), "--figures", ""])
+    assert "wavefront" not in {r["method"] for r in result["rows"]}
+    assert result["notes"] == ["--methods wavefront: applies to none of the systems measured"]
+    assert "note: --methods wavefront" in capsys.readouterr().out
+
+
 def test_cli_method_subset_and_no_step(tmp_path):
     result = bench.main(TINY + ["--suite", "mlp", "--methods", "sequential,associative_scan",
                                 "--no-step", "--out", str(tmp_path), "--figures", ""])

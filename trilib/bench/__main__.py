@@ -178,6 +178,13 @@ def measure_rows(args: argparse.Namespace, cfg: dict) -> list[dict]:
     return rows
 
 
+def _unused(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """A note for each method of --methods that applied to none of the systems measured."""
+    asked = [m.strip() for m in args.methods.split(",")] if args.methods else []
+    measured = {r["method"] for r in rows} | {AUTOGRAD}
+    return [f"--methods {m}: applies to none of the systems measured" for m in asked if m not in measured]
+
+
 def make_result(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.device,
                 rows: list[dict]) -> dict:
     """The result dict that is saved: the machine, the options, the rows and the crossovers."""
@@ -189,7 +196,7 @@ def make_result(args: argparse.Namespace, argv: Sequence[str] | None, device: to
         "config": dict(vars(args)),
         "command": "python -m trilib.bench " + shlex.join(sys.argv[1:] if argv is None else argv),
         "methods": sorted(set(registered_methods())),
-        "notes": [machine["jax_reason"]] if machine["jax"] is None else [],
+        "notes": ([machine["jax_reason"]] if machine["jax"] is None else []) + _unused(args, rows),
         "crossover": crossovers(rows),
         "rows": rows,
     }
