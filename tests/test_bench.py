@@ -115,6 +115,14 @@ def test_jax_peers_solve_the_same_system():
         assert rel(torch.from_numpy(np.array(fn())), ref) < 1e-5, name
 
 
+def test_a_method_that_applies_nowhere_is_noted(tmp_path, capsys):
+    result = bench.main(TINY + ["--suite", "mlp", "--methods", "sequential,wavefront", "--no-step",
+                                "--out", str(tmp_path), "--figures", ""])
+    assert "wavefront" not in {r["method"] for r in result["rows"]}
+    assert result["notes"] == ["--methods wavefront: applies to none of the systems measured"]
+    assert "note: --methods wavefront" in capsys.readouterr().out
+
+
 def test_cli_method_subset_and_no_step(tmp_path):
     result = bench.main(TINY + ["--suite", "mlp", "--methods", "sequential,associative_scan",
                                 "--no-step", "--out", str(tmp_path), "--figures", ""])
@@ -247,3 +255,104 @@ def test_recorded_figure(tmp_path):
                                         "stem": f"cpu-{name}-deep"}, "rows": rows}, tmp_path)
     # several machines recorded: the newest recording is drawn, and its title names the machine
     assert vizbench.recorded_figure("cpu", tmp_path, tag="deep")._suptitle.get_text().startswith("new (cpu")
+
+
+def test_text_table_aligns_and_checks():
+    from trilib.bench.tables import cell, text_table
+
+    text = text_table(["case", "autograd", "a_long_method_name"],
+                      [["mlp k=4", cell(1.5, ".3f", suffix=" ms"), cell(0.25)],
+                       ["mlp k=4096", cell(12.0, ".3f", suffix=" ms"), cell(float("nan"))]], title="T")
+    lines = text.splitlines()
+    assert lines[0] == "T" and len({len(line) for line in lines[1:]}) == 1      # one width per line
+    assert lines[2].split() == ["mlp", "k=4", "1.500", "ms", "0.25"] and lines[3].endswith(" -")
+    assert lines[1].startswith("case ") and lines[2].startswith("mlp k=4 ")     # labels left-aligned
+    with pytest.raises(ValueError, match="row 0 has 1 cells, the header 2"):
+        text_table(["a", "b"], [["x"]])
+
+
+def test_every_table_is_aligned_by_the_one_formatter():
+    """The bench's, the gated suite's, viz.compare's and the distributed timeline's tables all come
+    out of text_table: every line under the title is equally wide (right-aligned last column)."""
+    from trilib.bench.gated import gated_table
+    from trilib.distributed.launch import DistributedResult
+    from trilib.distributed.timeline import Event
+    from trilib.viz.compare import speedup_table
+
+    rows = bench.run_mlp([2, 3], [3], [1], repeats=1, warmup=0, methods=["sequential"], step=False)
+    gated = [dict(suite="gru", sweep="tau", k=1, n=2, batch=1, tau=t, metric="forward", method=m,
+                  median_s=s, ratio=s / 2.0, note="")
+             for t in (8, 1024) for m, s in (("torch", 2.0), ("newton", 3.0))]
+    timeline = DistributedResult({}, 0.0, [Event(0, "compute", 0.0, 0.5), Event(1, "send", 0.1, 12.25)],
+                                 "tree", 2, ((1, 2), (3,)))
+    for text, titled in ((bench.table(rows), True), (gated_table(gated).strip(), True),
+                         (speedup_table(rows), True), (timeline.table(), False)):
+        lines = text.splitlines()[1 if titled else 0:]
+        assert len(lines) >= 3 and len({len(line) for line in lines}) == 1, text
+    assert timeline.table().splitlines()[2].split() == ["1", "3", "0.0000", "12.1500", "0.0000",
+                                                        "0.0000", "1"]
+
+
+def test_cuda_graphs_need_a_gpu(tmp_path):
+    from trilib.bench.timing import cuda_graph
+
+    with pytest.raises(SystemExit, match="--cuda-graphs: CUDA graphs exist only on a CUDA GPU"):
+        bench.main(TINY + ["--device", "cpu", "--cuda-graphs", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        bench.run_mlp([2], [2], [1], device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        cuda_graph(lambda: None, "cpu")
+    assert not list(tmp_path.iterdir())                   # refused before anything ran
+
+
+def test_text_option_writes_the_report(tmp_path, capsys):
+    result = bench.main(TINY + ["--suite", "mlp", "--methods", "sequential", "--no-step", "--text",
+                                "--out", str(tmp_path), "--figures", "", "--device", "cpu"])
+    text = (tmp_path / f"{result['machine']['stem']}.txt").read_text()
+    assert text.startswith("machine: ") and "backward time / autograd time" in text
+    assert text.strip() in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax (pip install trilib[bench])")
+def test_jax_runs_where_torch_runs():
+    import jax
+
+    from trilib.bench.peers import jax_device
+
+    assert jax_device("cpu").platform == "cpu"
+    if any(d.platform == "gpu" for d in jax.devices()):
+        assert jax_device("cuda").platform == "gpu"
+    else:
+        with pytest.raises(RuntimeError, match="JAX sees no GPU"):
+            jax_device("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_every_direct_solve():
+    """A captured direct solve, replayed after the right-hand side changed in place, gives the
+    new system's solution (torch.linalg.solve_triangular on the dense matrix, float64)."""
+    from conftest import dense_solution
+
+    from trilib.bench.timing import cuda_graph
+
+    net = trilib.nets.mlp([4] * 17, activation="tanh", seed=0, dtype=torch.float64, device="cuda")
+    U = trilib.backward_system(net, torch.randn(3, 4, dtype=torch.float64, device="cuda"),
+                               lambda o: o.square().sum())
+    for method in trilib.methods(U, family="direct"):
+        replay = cuda_graph(lambda method=method: trilib.solve(U, method=method), "cuda")
+        assert rel(torch.cat(list(replay()), -1), dense_solution(U)) <= 1e-10, method
+        for run in U.row_runs:
+            run.rhs.mul_(-2.0)
+        assert rel(torch.cat(list(replay()), -1), dense_solution(U)) <= 1e-10, method
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cli_cuda_graph_rows(tmp_path):
+    result = bench.main(TINY + ["--suite", "mlp", "--no-step", "--device", "cuda", "--cuda-graphs",
+                                "--out", str(tmp_path), "--figures", ""])
+    graphed = [r for r in result["rows"] if r["method"].endswith(bench.CUDA_GRAPH)]
+    direct = set(trilib.methods(trilib.BlockBidiagonalSystem, family="direct"))
+    assert {r["method"].removesuffix(bench.CUDA_GRAPH) for r in graphed} == direct
+    assert all(not r["note"] and r["rel_error"] < 1e-3 and r["median_s"] > 0 for r in graphed), graphed

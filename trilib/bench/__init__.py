@@ -19,7 +19,10 @@ autograd against ``trilib.backward(...)`` with ``"sequential"`` and with the fas
 method of the case. Measurements are interleaved (one call of each method per round, so a noisy
 shared machine slows all of them alike), come after a warm-up, and are summarised by medians;
 ratios are against autograd's backward (or step) measured in the same run. On CUDA the timer is
-a pair of CUDA events after ``torch.cuda.synchronize()``.
+a pair of CUDA events after ``torch.cuda.synchronize()``; with ``--cuda-graphs`` each direct
+solve is also captured in a ``torch.cuda.CUDAGraph`` and its replay timed (``<method>+cuda_graph``),
+and JAX's scans run on JAX's GPU (``XLA_PYTHON_CLIENT_PREALLOCATE=false``, so JAX leaves
+PyTorch its memory).
 
 Example:
     >>> from trilib import bench
@@ -30,12 +33,12 @@ Example:
 
 from .peers import JAX_METHODS, associative_scan_solve, jax_info
 from .report import DIRECT, crossover, load_results, save_results, summary, table
-from .suites import AUTOGRAD, SCAN, run_mlp, run_rnn
+from .suites import AUTOGRAD, CUDA_GRAPH, SCAN, run_mlp, run_rnn
 from .timing import device_name, measure, median_times
 
 __all__ = [
-    "AUTOGRAD", "DIRECT", "JAX_METHODS", "SCAN", "associative_scan_solve", "crossover", "device_name",
-    "jax_info", "load_results", "main", "measure", "median_times", "run_mlp", "run_rnn",
+    "AUTOGRAD", "CUDA_GRAPH", "DIRECT", "JAX_METHODS", "SCAN", "associative_scan_solve", "crossover",
+    "device_name", "jax_info", "load_results", "main", "measure", "median_times", "run_mlp", "run_rnn",
     "save_results", "summary", "table",
 ]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..solvers import methods as registered_methods
-from .peers import JAX_METHODS, jax_info, limit_jax_threads
+from .peers import JAX_METHODS, jax_info, limit_jax_threads, prepare_jax_for_gpu
 from .report import crossovers, save_results, summary, table
 from .suites import AUTOGRAD, SCAN, run_mlp, run_rnn
 from .timing import device_name
@@ -49,8 +49,9 @@ SIZES = """sizes:
   both widths. RNNs run every --tau at the --n and --batch values given (else the fixed ones).
 
 output:
-  The JSON/CSV go to --out; the figure goes to --out too unless --figures names another folder
-  (--figures '' draws none). Nothing else is written.
+  The JSON/CSV (and with --text the printed report, <stem>.txt) go to --out; the figure goes to
+  --out too unless --figures names another folder (--figures '' draws none). Nothing else is
+  written.
 """
 
 
@@ -73,8 +74,9 @@ def parser() -> argparse.ArgumentParser:
                    help="batch where the batch is not swept (default: %(default)s)")
     p.add_argument("--methods", default=None,
                    help="comma-separated trilib methods and/or peers (associative_scan, "
-                        "jax.associative_scan, jax.scan); default: all that trilib.methods(system) "
-                        "reports, plus the peers")
+                        "jax.associative_scan, jax.scan), each timed where it applies (one list can "
+                        "name the MLP's and the RNN's methods); default: all that "
+                        "trilib.methods(system) reports, plus the peers")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -91,6 +93,11 @@ def parser() -> argparse.ArgumentParser:
                    help="folder for bench_<device>[_tag].png (default: the --out folder; '' = no figure)")
     p.add_argument("--tag", default="", help="suffix of the result file names (e.g. 'deep')")
     p.add_argument("--no-step", action="store_true", help="skip the forward+backward step timing")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also capture each direct solve in a torch.cuda.CUDAGraph and time its replay "
+                        "(rows <method>+cuda_graph; needs --device cuda)")
+    p.add_argument("--text", action="store_true",
+                   help="also write the printed report as <stem>.txt beside the JSON/CSV")
     return p
 
 
@@ -112,13 +119,13 @@ def _machine(device: torch.device, name: str, stem: str) -> dict:
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(),
             "jax": jax["jax"], "jaxlib": jax.get("jaxlib"), "xla_flags": jax.get("xla_flags"),
-            "jax_reason": jax.get("reason"),
+            "jax_reason": jax.get("reason"), "jax_backend": jax.get("backend"),
             "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    """Run the benchmark from the command line; returns the result dict it wrote."""
-    args = parser().parse_args(argv)
+def check(args: argparse.Namespace) -> dict:
+    """Every option of the command line, before anything runs: the suites, device, dtype and
+    methods to measure (``SystemExit`` with the option's name for a bad one)."""
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     bad = [s for s in suites if s not in ("mlp", "rnn", "gated")]
     if bad:
@@ -130,82 +137,125 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here")
-    if args.threads and device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    if args.threads == 1:
-        limit_jax_threads()
+    if args.cuda_graphs and device.type != "cuda":
+        raise SystemExit(f"--cuda-graphs: CUDA graphs exist only on a CUDA GPU, but --device is "
+                         f"{device.type!r}; drop --cuda-graphs or run with --device cuda")
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     if methods:
         known = set(registered_methods()) | {SCAN, AUTOGRAD, *JAX_METHODS}
         unknown = [m for m in methods if m not in known]
         if unknown:
             raise SystemExit(f"--methods: unknown {unknown}; valid: {', '.join(sorted(known))}")
-    dtype = getattr(torch, args.dtype)
+    return {"suites": suites, "device": device, "dtype": getattr(torch, args.dtype), "methods": methods}
+
+
+def configure(args: argparse.Namespace, device: torch.device) -> None:
+    """Threads of torch and XLA as --threads asks, and JAX kept from taking the GPU's memory."""
+    if args.threads and device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    if args.threads == 1:
+        limit_jax_threads()
+    if device.type == "cuda":
+        prepare_jax_for_gpu()
+
+
+def measure_rows(args: argparse.Namespace, cfg: dict) -> list[dict]:
+    """Run the suites asked for; the result rows (progress on stderr)."""
     say = lambda line: print(f"  {line}", file=sys.stderr, flush=True)  # noqa: E731
-    common = dict(methods=methods, device=device, dtype=dtype, repeats=args.repeats,
-                  warmup=args.warmup, progress=say)
+    common = dict(methods=cfg["methods"], device=cfg["device"], dtype=cfg["dtype"], repeats=args.repeats,
+                  warmup=args.warmup, cuda_graphs=args.cuda_graphs, progress=say)
     rows: list[dict] = []
-    notes = []
-    if "mlp" in suites:
+    if "mlp" in cfg["suites"]:
         rows += _mlp_rows(args, common)
-    if "rnn" in suites:
+    if "rnn" in cfg["suites"]:
         rows += run_rnn(args.tau, args.n or [args.fixed_n], args.batch or [args.fixed_batch],
                         sweep="tau", **common)
-    if "gated" in suites:
+    if "gated" in cfg["suites"]:
         from .gated import run_gated
 
-        rows += run_gated(device=device, dtype=dtype, repeats=args.repeats, warmup=args.warmup, progress=say)
+        rows += run_gated(device=cfg["device"], dtype=cfg["dtype"], repeats=args.repeats,
+                          warmup=args.warmup, progress=say)
+    return rows
+
+
+def _unused(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """A note for each method of --methods that applied to none of the systems measured."""
+    asked = [m.strip() for m in args.methods.split(",")] if args.methods else []
+    measured = {r["method"] for r in rows} | {AUTOGRAD}
+    return [f"--methods {m}: applies to none of the systems measured" for m in asked if m not in measured]
+
+
+def make_result(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.device,
+                rows: list[dict]) -> dict:
+    """The result dict that is saved: the machine, the options, the rows and the crossovers."""
     name = device_name(device)
     stem = f"{device.type}-{_slug(name)}" + (f"-{_slug(args.tag)}" if args.tag else "")
     machine = _machine(device, name, stem)
-    if machine["jax"] is None:
-        notes.append(machine["jax_reason"])
-    result = {
+    return {
         "machine": machine,
-        "config": {k: v for k, v in vars(args).items()},
+        "config": dict(vars(args)),
         "command": "python -m trilib.bench " + shlex.join(sys.argv[1:] if argv is None else argv),
         "methods": sorted(set(registered_methods())),
-        "notes": notes,
+        "notes": ([machine["jax_reason"]] if machine["jax"] is None else []) + _unused(args, rows),
         "crossover": crossovers(rows),
         "rows": rows,
     }
-    jax_line = (f"jax {machine['jax']} (jaxlib {machine['jaxlib']})" if machine["jax"]
-                else "no jax")
-    print(f"machine: {name} ({device.type}), torch {torch.__version__}, {jax_line}, "
-          f"{torch.get_num_threads()} threads, {args.dtype}")
+
+
+def report(result: dict) -> str:
+    """The printed report: the machine, a table per metric, the summary, the crossovers, notes
+    and skipped measurements."""
+    rows, machine = result["rows"], result["machine"]
+    jax_line = f"jax {machine['jax']} (jaxlib {machine['jaxlib']})" if machine["jax"] else "no jax"
+    lines = [f"machine: {machine['name']} ({machine['device']}), torch {machine['torch']}, {jax_line}, "
+             f"{machine['threads']} threads, {result['config']['dtype']}"]
     for metric in ("backward", "solve", "step"):
         if any(r["metric"] == metric for r in rows):
-            print()
-            print(table(rows, metric))
-    print()
-    for line in summary(rows):
-        print(line)
-    if "gated" in suites:
+            lines += ["", table(rows, metric)]
+    lines += ["", *summary(rows)]
+    if any(r["suite"] in ("gru", "lstm") for r in rows):
         from .gated import gated_table
 
-        print(gated_table(rows))
+        lines.append(gated_table(rows))
     for key, c in result["crossover"].items():
         if c["largest"] is None:
             continue
         where = (f"from {c['size']} = {c['crossover']}" if c["crossover"] is not None
                  else f"none up to {c['size']} = {c['largest']}")
-        print(f"crossover ({key}, best parallel method vs {c['against']}): {where}")
-    for note in notes:
-        print(f"note: {note}")
-    for r in rows:
-        if r["note"]:
-            print(f"skipped {r['method']} ({r['metric']}) at {r['suite']} k={r['k']} n={r['n']} "
-                  f"b={r['batch']} tau={r['tau']}: {r['note']}")
-    jpath, cpath = save_results(result, args.out)
-    print(f"wrote {jpath} and {cpath}")
+        lines.append(f"crossover ({key}, best parallel method vs {c['against']}): {where}")
+    lines += [f"note: {note}" for note in result["notes"]]
+    lines += [f"skipped {r['method']} ({r['metric']}) at {r['suite']} k={r['k']} n={r['n']} "
+              f"b={r['batch']} tau={r['tau']}: {r['note']}" for r in rows if r["note"]]
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, args: argparse.Namespace, text: str) -> list[Path]:
+    """Save the JSON/CSV (and the report with --text) in --out and the figure in --figures."""
+    paths = list(save_results(result, args.out))
+    stem = result["machine"]["stem"]
+    if args.text:
+        paths.append(Path(args.out) / f"{stem}.txt")
+        paths[-1].write_text(text + "\n")
     figures = args.out if args.figures is None else args.figures
     if figures:
-        fpath = Path(figures) / (f"bench_{device.type}" + (f"_{_slug(args.tag)}" if args.tag else "")
-                                 + ".png")
         from ..viz.bench import plot_results
 
-        plot_results(result, fpath)
-        print(f"wrote {fpath}")
+        tag = f"_{_slug(args.tag)}" if args.tag else ""
+        paths.append(Path(figures) / f"bench_{result['machine']['device']}{tag}.png")
+        plot_results(result, paths[-1])
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark from the command line; returns the result dict it wrote."""
+    args = parser().parse_args(argv)
+    cfg = check(args)
+    configure(args, cfg["device"])
+    result = make_result(args, argv, cfg["device"], measure_rows(args, cfg))
+    text = report(result)
+    print(text)
+    for path in write_outputs(result, args, text):
+        print(f"wrote {path}")
     return result
 
 

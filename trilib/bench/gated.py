@@ -37,6 +37,7 @@ from .. import gated
 from .._numerics import ceil_log2, rel_error
 from ..api import forward, gradients
 from ..solvers import solve
+from .tables import cell, text_table
 from .timing import measure
 
 __all__ = ["run_gated", "gated_table"]
@@ -154,26 +155,27 @@ def run_gated(taus: Sequence[int] = (256, 2048, 8192), ns: Sequence[int] = (8, 3
 
 
 def gated_table(rows: Sequence[dict]) -> str:
-    """Plain-text tables of the gated rows: time over the reference's, per metric."""
-    lines = []
+    """Plain-text tables of the gated rows: time over the reference's, per metric (the reference,
+    the first column, in ms)."""
+    tables = []
     for metric in ("forward", "forward+backward"):
         sel = [r for r in rows if r["metric"] == metric and r["suite"] in ("gru", "lstm")]
         if not sel:
             continue
         meths = list(dict.fromkeys(r["method"] for r in sel))
-        cases = list(dict.fromkeys((r["suite"], r["n"], r["batch"], r["tau"]) for r in sel))
-        lines += [f"{metric}: time / reference time (same run; the reference column in ms)",
-                  f"{'case':<28}" + "".join(f"{m[:15]:>16}" for m in meths)]
-        for case in cases:
-            cells = []
+        at = {(r["suite"], r["n"], r["batch"], r["tau"], r["method"]): r for r in sel}
+        body = []
+        for case in dict.fromkeys((r["suite"], r["n"], r["batch"], r["tau"]) for r in sel):
+            cells = [f"{case[0]} n={case[1]} b={case[2]} tau={case[3]}"]
             for i, m in enumerate(meths):
-                r = next((r for r in sel if (r["suite"], r["n"], r["batch"], r["tau"]) == case
-                          and r["method"] == m), None)
+                r = at.get((*case, m))
                 if r is None or math.isnan(r["median_s"]):
-                    cells.append(f"{'-':>16}")
+                    cells.append(cell(None))
+                elif i == 0 and r["ratio"] == 1.0:
+                    cells.append(cell(r["median_s"] * 1e3, ".2f", suffix=" ms"))
                 else:
-                    cells.append(f"{r['median_s'] * 1e3:>13.2f} ms" if r["ratio"] == 1.0 and i == 0
-                                 else f"{r['ratio']:>16.2f}")
-            lines.append(f"{case[0]} n={case[1]} b={case[2]} tau={case[3]:<8}".ljust(28) + "".join(cells))
-        lines.append("")
-    return "\n".join(lines)
+                    cells.append(cell(r["ratio"]))
+            body.append(cells)
+        title = f"{metric}: time / reference time (same run; the reference column in ms)"
+        tables.append(text_table(["case", *meths], body, title=title))
+    return "\n\n".join(tables) + ("\n" if tables else "")

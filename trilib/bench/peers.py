@@ -12,8 +12,8 @@ import torch
 
 from ..systems import BlockBidiagonalSystem
 
-__all__ = ["JAX_METHODS", "JAX_SCAN", "JAX_SEQUENTIAL", "associative_scan_solve", "jax_info",
-           "jax_solvers", "scan_applies"]
+__all__ = ["JAX_METHODS", "JAX_SCAN", "JAX_SEQUENTIAL", "associative_scan_solve", "jax_device", "jax_info",
+           "jax_solvers", "prepare_jax_for_gpu", "scan_applies"]
 
 #: Names of the JAX peers in the result rows.
 JAX_SCAN = "jax.associative_scan"
@@ -98,10 +98,41 @@ def limit_jax_threads() -> None:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
 
 
-def jax_solvers(system: BlockBidiagonalSystem) -> dict[str, Callable[[], object]]:
+def jax_device(device: torch.device | str):
+    """The JAX device that matches a torch device: JAX's first GPU for ``cuda``, its CPU
+    otherwise, so JAX's scans run where trilib's solvers run.
+
+    Raises:
+        ImportError: JAX is not installed.
+        RuntimeError: ``cuda`` was asked for but JAX sees no GPU (a CPU-only jaxlib): comparing
+            JAX on the CPU with trilib on the GPU would mislead.
+    """
+    info = jax_info()
+    if info["jax"] is None:
+        raise ImportError(info["reason"])
+    import jax
+
+    if torch.device(device).type != "cuda":
+        return jax.devices("cpu")[0]
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        raise RuntimeError(f"JAX sees no GPU (its devices: {jax.devices()}); install a CUDA jaxlib "
+                           f"(pip install 'jax[cuda12]') to time its scans on the GPU") from None
+
+
+def prepare_jax_for_gpu() -> None:
+    """Stop JAX from taking 75 % of the GPU's memory when it starts (its default), which would
+    leave PyTorch too little; only effective before JAX is first imported."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def jax_solvers(system: BlockBidiagonalSystem, device: torch.device | str = "cpu"
+                ) -> dict[str, Callable[[], object]]:
     """JAX's jitted scans on the blocks of ``system``, compiled and ready to time.
 
-    The blocks are converted once (torch → numpy → jax, on JAX's default device). Each
+    The blocks are converted once (torch → numpy → jax) and placed on :func:`jax_device`
+    of ``device`` (JAX's GPU for ``cuda``, its CPU otherwise). Each
     returned function runs one solve and waits for it (``block_until_ready``); it returns the
     solution ``(k, batch, n)`` as a JAX array. ``jax.associative_scan`` composes the affine maps
     ``(A, c)`` exactly as trilib's direct solvers do; ``jax.scan`` is back-substitution, the
@@ -109,15 +140,14 @@ def jax_solvers(system: BlockBidiagonalSystem) -> dict[str, Callable[[], object]
 
     Raises:
         ImportError: JAX is not installed (the message says how to install it).
+        RuntimeError: ``device`` is ``cuda`` and JAX sees no GPU.
     """
-    info = jax_info()
-    if info["jax"] is None:
-        raise ImportError(info["reason"])
     import jax
     import jax.numpy as jnp
 
+    where = jax_device(device)
     a, c = _stacked(system)
-    a, c = jnp.asarray(a.detach().cpu().numpy()), jnp.asarray(c.detach().cpu().numpy())
+    a, c = (jax.device_put(t.detach().cpu().numpy(), where) for t in (a, c))
 
     def combine(later, earlier):
         a2, c2 = later

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..solvers import methods as registered_methods
 from .peers import JAX_SCAN, JAX_SEQUENTIAL
-from .suites import AUTOGRAD, SCAN
+from .suites import AUTOGRAD, CUDA_GRAPH, SCAN
+from .tables import cell, text_table
 
 __all__ = ["DIRECT", "crossover", "crossovers", "table", "summary", "save_results", "load_results"]
 
@@ -64,28 +65,27 @@ def crossover(rows: Sequence[dict], suite: str = "mlp", size: str = "k",
 
 
 def table(rows: Sequence[dict], metric: str = "backward") -> str:
-    """A plain-text table: one line per case, one column per method, ratio to autograd."""
+    """A plain-text table: one line per case, one column per method, ratio to autograd (a case
+    shared by two sweeps is shown once, with the first sweep's measurement)."""
     rows = [r for r in rows if r["metric"] == metric]
     meths = list(dict.fromkeys(r["method"] for r in rows))
-    keys = list(dict.fromkeys((r["suite"], r["k"], r["n"], r["batch"], r["tau"]) for r in rows))
-    # a case shared by two sweeps is shown once, with the first sweep's measurement
-    head = f"{'case':<28}" + "".join(f"{m[:18]:>19}" for m in meths)
-    lines = [f"{metric} time / autograd time (same run; < 1 is faster; autograd column in ms)", head]
-    for key in keys:
-        suite, k, n, b, tau = key
-        label = f"{suite} k={k} n={n} b={b}" + (f" tau={tau}" if suite == "rnn" else "")
-        cells = []
+    at = {}
+    for r in rows:
+        at.setdefault((_case_label(r), r["method"]), r)
+    body = []
+    for label in dict.fromkeys(_case_label(r) for r in rows):
+        cells = [label]
         for m in meths:
-            r = next((r for r in rows if (r["suite"], r["k"], r["n"], r["batch"], r["tau"]) == key
-                      and r["method"] == m), None)
+            r = at.get((label, m))
             if r is None or math.isnan(r["median_s"]):
-                cells.append(f"{'-':>19}")
+                cells.append(cell(None))
             elif m == AUTOGRAD:
-                cells.append(f"{r['median_s'] * 1e3:>16.3f} ms")
+                cells.append(cell(r["median_s"] * 1e3, ".3f", suffix=" ms"))
             else:
-                cells.append(f"{r['ratio']:>19.2f}")
-        lines.append(f"{label:<28}" + "".join(cells))
-    return "\n".join(lines)
+                cells.append(cell(r["ratio"]))
+        body.append(cells)
+    return text_table(["case", *meths], body,
+                      title=f"{metric} time / autograd time (same run; < 1 is faster; autograd column in ms)")
 
 
 def crossovers(rows: Sequence[dict]) -> dict[str, dict]:
@@ -120,9 +120,10 @@ def _case_label(r: dict) -> str:
 
 
 def summary(rows: Sequence[dict]) -> list[str]:
-    """One line per case that has direct-method solves: the best direct solve's speed-up over
-    autograd's backward (alone and with the parameter gradients), its time against JAX's scans
-    when they were measured, and the training steps against autograd's.
+    """One line per case that has direct-method solves (a CUDA graph's replay counts as one): the
+    best direct solve's speed-up over autograd's backward (alone and with the parameter
+    gradients), its time against JAX's scans when they were measured, and the training steps
+    against autograd's.
 
     Example:
         >>> rows = [dict(suite="mlp", k=8, n=2, batch=1, tau=0, metric=m, method=x, median_s=t, note="")
@@ -140,7 +141,8 @@ def summary(rows: Sequence[dict]) -> list[str]:
         at = {(r["metric"], r["method"]): r["median_s"] for r in ok
               if (r["suite"], r["k"], r["n"], r["batch"], r["tau"]) == key}
         base = at.get(("backward", AUTOGRAD))
-        direct = {m: t for (metric, m), t in at.items() if metric == "solve" and m in DIRECT and m != SCAN}
+        direct = {m: t for (metric, m), t in at.items() if metric == "solve" and m != SCAN
+                  and m.removesuffix(CUDA_GRAPH) in DIRECT}
         if base is None or not direct:
             continue
         best = min(direct, key=direct.get)

@@ -17,12 +17,14 @@ from ..api import backward_problem
 from ..solvers import families, solve
 from ..solvers import methods as registered_methods
 from .peers import JAX_METHODS, associative_scan_solve, jax_info, jax_solvers, scan_applies
-from .timing import measure
+from .timing import cuda_graph, measure
 
-__all__ = ["AUTOGRAD", "SCAN", "associative_scan_solve", "run_mlp", "run_rnn"]
+__all__ = ["AUTOGRAD", "CUDA_GRAPH", "SCAN", "associative_scan_solve", "run_mlp", "run_rnn"]
 
 AUTOGRAD = "autograd"
 SCAN = "associative_scan"
+#: Suffix of a direct method's name when its solve was captured in a CUDA graph and replayed.
+CUDA_GRAPH = "+cuda_graph"
 
 
 def _row(params: dict, metric: str, method: str, times: list[float] | None, base: float,
@@ -39,7 +41,7 @@ def _solution_error(v, problem, names, ref) -> float:
 
 
 def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequence[str] | None,
-          repeats: int, warmup: int, params: dict, step: bool) -> list[dict]:
+          repeats: int, warmup: int, params: dict, step: bool, cuda_graphs: bool = False) -> list[dict]:
     """Time autograd, the trilib methods and the peers on one model; rows for the result table.
 
     Metrics, all timed in ONE interleaved measurement (ratios against autograd's backward):
@@ -47,7 +49,8 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
     ``torch.autograd.grad`` on a retained graph) and ``solve`` (the solve alone, for
     substitution, the direct methods and the scans, JAX's included). With ``step``, a second
     measurement times the training step (forward + backward to every ``p.grad``) of autograd,
-    sequential and the fastest direct method of this case.
+    sequential and the fastest direct method of this case. With ``cuda_graphs``, each direct
+    solve is also captured in a CUDA graph and its replay timed as ``<method>+cuda_graph``.
     """
     device = x.device
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -57,8 +60,8 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
     problem = backward_problem(model, x, loss_fn)
     system = problem.system
     available = list(registered_methods(system))
-    scans = [SCAN, *JAX_METHODS] if scan_applies(system) else []
-    chosen = available + scans if methods is None else [m for m in methods if m != AUTOGRAD]
+    applicable = available + ([SCAN, *JAX_METHODS] if scan_applies(system) else [])
+    chosen = applicable if methods is None else [m for m in methods if m in applicable]
     fns: dict[str, Callable] = {AUTOGRAD: lambda: torch.autograd.grad(out, plist, retain_graph=True)}
     solves: dict[str, Callable] = {}
     notes: dict[str, str] = {}
@@ -68,26 +71,21 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
     for m in chosen:
         try:                                   # skip what cannot run here, say why
             if m in JAX_METHODS:
-                if not scan_applies(system):
-                    raise ValueError("JAX scans need an upper block bi-diagonal system of one width")
                 if jax_fns is None:
                     info = jax_info()
                     if info["jax"] is None:
                         notes[m] = info["reason"]
                         continue
-                    jax_fns = jax_solvers(system)
+                    jax_fns = jax_solvers(system, device)
                 v = torch.from_numpy(np.array(jax_fns[m]())).to(device).unbind(0)
                 errors[m] = _solution_error(v, problem, names, ref)
                 solves[m] = jax_fns[m]
                 continue
             if m == SCAN:
                 solver = lambda: associative_scan_solve(system)  # noqa: E731
-            elif m in available:
+            else:
                 solver = lambda m=m: solve(system, method=m)     # noqa: E731
                 steps[m] = solve(system, method=m, return_trace=True)[1].steps
-            else:
-                notes[m] = f"not available for {type(system).__name__}"
-                continue
             errors[m] = _solution_error(solver(), problem, names, ref)
         except Exception as exc:               # noqa: BLE001 -- reported in the table
             notes[m] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -95,6 +93,8 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
         fns[m] = lambda solver=solver: problem.parameter_gradients(solver())
         if m == SCAN or {"direct", "substitution"} & set(families(m)):
             solves[m] = solver
+    if cuda_graphs:
+        _capture(solves, available, problem, names, ref, device, errors, notes)
     times = measure({**fns, **{f"{m} (solve)": fn for m, fn in solves.items()}}, device, repeats, warmup)
     base = statistics.median(times[AUTOGRAD])
     rows = [_row(params, "backward", m, times[m], base, errors.get(m, 0.0), steps.get(m, -1))
@@ -102,13 +102,27 @@ def _case(model: nn.Module, x: torch.Tensor, loss_fn: Callable, methods: Sequenc
     rows += [_row(params, "solve", m, times[f"{m} (solve)"], base, errors[m], steps.get(m, -1))
              for m in solves]
     rows += [_row(params, metric, m, None, base, note=note) for m, note in notes.items()
-             for metric in (("solve",) if m in JAX_METHODS else ("backward",))]
+             for metric in (("solve",) if m in JAX_METHODS or m.endswith(CUDA_GRAPH) else ("backward",))]
     if step:
         direct = {m: statistics.median(times[f"{m} (solve)"]) for m in solves
                   if m in available and "direct" in families(m)}
         rows += _step_rows(model, x, loss_fn, min(direct, key=direct.get) if direct else None,
                            device, repeats, warmup, params)
     return rows
+
+
+def _capture(solves: dict, available, problem, names, ref, device, errors: dict, notes: dict) -> None:
+    """Add each direct solve captured in a CUDA graph (its replay) to ``solves``, its error to
+    ``errors``; a solve that cannot be captured (it synchronises with the host) gets a note."""
+    for m in [m for m in solves if m in available and "direct" in families(m)]:
+        name = m + CUDA_GRAPH
+        try:
+            replay = cuda_graph(solves[m], device)
+            errors[name] = _solution_error(replay(), problem, names, ref)
+        except Exception as exc:               # noqa: BLE001 -- reported in the table
+            notes[name] = f"CUDA graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+            continue
+        solves[name] = replay
 
 
 def _step_rows(model, x, loss_fn, best: str | None, device, repeats: int, warmup: int,
@@ -134,6 +148,14 @@ def _step_rows(model, x, loss_fn, best: str | None, device, repeats: int, warmup
     return [_row(params, "step", m, t, sbase, 0.0) for m, t in st.items()]
 
 
+def _checked_device(device, cuda_graphs: bool) -> torch.device:
+    device = torch.device(device)
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs a CUDA device, got device {device.type!r}: CUDA graphs "
+                         f"exist only on NVIDIA GPUs")
+    return device
+
+
 def _loss(out: torch.Tensor) -> torch.Tensor:
     return out.square().mean()
 
@@ -141,18 +163,22 @@ def _loss(out: torch.Tensor) -> torch.Tensor:
 def run_mlp(ks: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
             methods: Sequence[str] | None = None, device: str | torch.device = "cpu",
             dtype: torch.dtype = torch.float32, repeats: int = 7, warmup: int = 2,
-            sweep: str = "k", step: bool = True,
+            sweep: str = "k", step: bool = True, cuda_graphs: bool = False,
             progress: Callable[[str], None] | None = None) -> list[dict]:
     """Backward of deep narrow tanh MLPs ``[n] * (k + 1)`` for every ``(k, n, batch)`` given.
 
     Args:
         ks, ns, batches: the sizes; every combination is run.
-        methods: trilib method names (and/or ``"associative_scan"``); ``None`` = every method
-            ``trilib.methods(system)`` reports, plus ``"associative_scan"``.
+        methods: trilib method names and/or the scans (``"associative_scan"``, JAX's); ``None`` =
+            every method ``trilib.methods(system)`` reports, plus the scans where they apply. A
+            method that does not apply to the case's system is left out of it (so one list can
+            name the MLP's and the RNN's methods).
         device, dtype: where and in what precision.
         repeats, warmup: timed and untimed rounds (see :func:`measure`).
         sweep: a label stored in each row (which size this series varies).
         step: also time the whole training step of autograd and trilib sequential.
+        cuda_graphs: also time each direct solve captured in a CUDA graph and replayed
+            (``<method>+cuda_graph`` rows; needs a CUDA device).
         progress: called with a line of text before each case.
 
     Returns:
@@ -160,7 +186,7 @@ def run_mlp(ks: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
         speedup, rel_error, note``; ``ratio`` is the method's median over autograd's, both
         measured in this run.
     """
-    device = torch.device(device)
+    device = _checked_device(device, cuda_graphs)
     rows = []
     for k, n, b in product(ks, ns, batches):
         if progress:
@@ -168,7 +194,7 @@ def run_mlp(ks: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
         model = nets.mlp([n] * (k + 1), activation="tanh", seed=0, dtype=dtype, device=device)
         x = torch.randn(b, n, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
         params = dict(suite="mlp", sweep=sweep, k=k, n=n, batch=b, tau=0)
-        rows += _case(model, x, _loss, methods, repeats, warmup, params, step)
+        rows += _case(model, x, _loss, methods, repeats, warmup, params, step, cuda_graphs)
     return rows
 
 
@@ -180,13 +206,13 @@ def _rnn_loss(out) -> torch.Tensor:
 def run_rnn(taus: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
             methods: Sequence[str] | None = None, device: str | torch.device = "cpu",
             dtype: torch.dtype = torch.float32, repeats: int = 7, warmup: int = 2,
-            sweep: str = "tau", step: bool = False,
+            sweep: str = "tau", step: bool = False, cuda_graphs: bool = False,
             progress: Callable[[str], None] | None = None) -> list[dict]:
     """Backward of a single-layer tanh ``nn.RNN(n, n, batch_first=True)`` over τ time steps.
 
     Same arguments and rows as :func:`run_mlp` (``tau`` set, ``k = 1``).
     """
-    device = torch.device(device)
+    device = _checked_device(device, cuda_graphs)
     rows = []
     for tau, n, b in product(taus, ns, batches):
         if progress:
@@ -195,5 +221,5 @@ def run_rnn(taus: Sequence[int], ns: Sequence[int], batches: Sequence[int], *,
         model = nn.RNN(n, n, batch_first=True).to(device=device, dtype=dtype)
         x = torch.randn(b, tau, n, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
         params = dict(suite="rnn", sweep=sweep, k=1, n=n, batch=b, tau=tau)
-        rows += _case(model, x, _rnn_loss, methods, repeats, warmup, params, step)
+        rows += _case(model, x, _rnn_loss, methods, repeats, warmup, params, step, cuda_graphs)
     return rows

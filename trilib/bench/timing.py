@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["device_name", "measure", "median_times"]
+__all__ = ["cuda_graph", "device_name", "measure", "median_times"]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -89,6 +89,49 @@ def median_times(fns: dict[str, Callable[[], object]], device: torch.device | st
         ['a', 'b']
     """
     return {name: statistics.median(t) for name, t in measure(fns, device, repeats, warmup).items()}
+
+
+def cuda_graph(fn: Callable[[], object], device: torch.device | str, warmup: int = 3) -> Callable[[], object]:
+    """``fn`` captured once in a :class:`torch.cuda.CUDAGraph`; returns a function that replays
+    the graph and returns the output tensors of the capture (refreshed by each replay).
+
+    ``fn`` must read only tensors that stay where they are (a system built once) and must not
+    synchronise with the host (no ``.item()``, ``.tolist()``, ``bool(tensor)``): capture raises
+    otherwise. As PyTorch's documentation asks, ``fn`` runs ``warmup`` times on a side stream
+    before the capture.
+
+    Raises:
+        ValueError: ``device`` is not a CUDA device (CUDA graphs exist only there).
+        RuntimeError: ``fn`` synchronises with the host (found before capturing, by
+            ``torch.cuda.set_sync_debug_mode("error")``), or the capture failed.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph: CUDA graphs need a CUDA device, got device {device.type!r}; "
+                         f"time on CPU without them")
+    # A host synchronisation inside a capture can leave the CUDA context unusable; PyTorch's
+    # sync debug mode turns it into a clean RuntimeError on an ordinary call first.
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
 
 
 def device_name(device: torch.device | str) -> str:

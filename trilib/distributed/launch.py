@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..bench.tables import cell, text_table
 from .model import make_loss, parse_mlp, slab_bounds
 from .processes import DistributedError, launch
 from .schedules import SCHEDULES
@@ -57,12 +58,11 @@ class DistributedResult:
 
     def table(self) -> str:
         """:meth:`summary` as a text table (seconds with 4 decimals)."""
-        lines = [f"{'rank':>4}  {'layers':>7}  {'compute_s':>9}  {'send_s':>7}  {'recv_s':>7}  "
-                 f"{'wait_s':>7}  {'events':>6}"]
-        for r in self.summary():
-            lines.append(f"{r['rank']:>4}  {r['layers']:>7}  {r['compute']:9.4f}  {r['send']:7.4f}  "
-                         f"{r['recv']:7.4f}  {r['wait']:7.4f}  {r['events']:>6}")
-        return "\n".join(lines)
+        columns = [("rank", "rank", "d"), ("layers", "layers", ""), ("compute_s", "compute", ".4f"),
+                   ("send_s", "send", ".4f"), ("recv_s", "recv", ".4f"), ("wait_s", "wait", ".4f"),
+                   ("events", "events", "d")]
+        body = [[cell(r[key], spec) for _, key, spec in columns] for r in self.summary()]
+        return text_table([name for name, _, _ in columns], body, left=0)
 
 
 def _free_port() -> int:

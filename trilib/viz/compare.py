@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 
+from ..bench.tables import cell, text_table
 from ..systems import TriangularSystem
 from .sparsity import spy
 
@@ -251,25 +252,17 @@ def speedup_table(result_or_rows, suite: str = "mlp", sweep: str = "k", metric: 
         cyclic_reduction           0.50       2.00
     """
     rows = _series(_rows(result_or_rows, metric), suite, sweep, fixed)
-    key = sweep
     sp = _speedups(rows, suite, sweep)
     sizes = sorted({s for per in sp.values() for s in per})
     names = [m for m in (methods or list(sp)) if m in sp and m != "autograd"]
-    width = max([len("autograd time (ms)")] + [len(m) for m in names]) + 2
-    col = max(11, max((len(f"{key}={s}") for s in sizes), default=0) + 1)
-    label = "τ" if key == "tau" else key
+    label = "τ" if sweep == "tau" else sweep
     where = f" ({', '.join(f'{a}={b}' for a, b in fixed.items())})" if fixed else ""
-    lines = [f"{metric} {SPEEDUP}, by {label}{where}",
-             f"{'method':<{width}}" + "".join(f"{f'{label}={s}':>{col}}" for s in sizes)]
-    base = {r[key]: r["median_s"] for r in rows if r["suite"] == suite and r.get("sweep") == sweep
+    base = {r[sweep]: r["median_s"] for r in rows if r["suite"] == suite and r.get("sweep") == sweep
             and r["method"] == "autograd"}
-    lines.append(f"{'autograd time (ms)':<{width}}"
-                 + "".join(f"{base[s] * 1e3:>{col}.3f}" if s in base else f"{'-':>{col}}"
-                           for s in sizes))
-    for m in names:
-        lines.append(f"{m:<{width}}" + "".join(f"{sp[m][s]:>{col}.{digits}f}" if s in sp[m]
-                                               else f"{'-':>{col}}" for s in sizes))
-    return "\n".join(lines)
+    body = [["autograd time (ms)", *(cell(base[s] * 1e3 if s in base else None, ".3f") for s in sizes)]]
+    body += [[m, *(cell(sp[m].get(s), f".{digits}f") for s in sizes)] for m in names]
+    return text_table(["method", *(f"{label}={s}" for s in sizes)], body,
+                      title=f"{metric} {SPEEDUP}, by {label}{where}", min_width=11)
 
 
 def crossover_report(result: dict, key: str, digits: int = 2) -> str:
