@@ -420,7 +420,8 @@ JS_ANCHOR_IN_VIEW = """(fragment) => {
     const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
     const path = panel && panel.context ? panel.context.path : null;
     if (!panel || !path || !path.endsWith('docs/theory.md')) return {path: path, ready: false};
-    const target = panel.node.querySelector('[id="' + fragment + '"], a[name="' + fragment + '"]');
+    // JupyterLab's sanitizer turns a rendered id into data-jupyter-id (ids stay unique on the page)
+    const target = panel.node.querySelector('[data-jupyter-id="' + fragment + '"], [id="' + fragment + '"]');
     if (!target) return {path: path, ready: false, why: 'no element with that id'};
     let heading = /^H[1-6]$/.test(target.tagName) ? target : null;
     if (!heading) {
@@ -442,7 +443,8 @@ JS_ANCHOR_IN_VIEW = """(fragment) => {
 
 def _click_theory_link(page, rel: str, fragment: str):
     """In the open notebook ``rel``, click the link to theory.md#fragment and check where it lands."""
-    link = page.locator(f'.jp-RenderedMarkdown a[href$="theory.md#{fragment}"]').first
+    # JupyterLab resolves the href to /files/docs/theory.md?_xsrf=...#fragment
+    link = page.locator(f'.jp-RenderedMarkdown a[href*="theory.md"][href$="#{fragment}"]').first
     _wait(lambda: link.count() > 0, 120, f"a link to theory.md#{fragment} in {rel}")
     _accept_dialogs(page)
     link.scroll_into_view_if_needed()
