@@ -357,7 +357,7 @@ def test_notebook_runs_and_sliders_work(lab, browser, notebook):
         # Move every slider (keyboard) and every dropdown (next option) and check what it drives:
         # redrawn differently within UPDATE_LIMIT_S, never blanked meanwhile, one figure per output.
         controls = _controls(page)
-        retried, slow = [], []
+        retried, slow, latencies = [], [], []
         for i, (kind, control) in enumerate(controls):
             control.scroll_into_view_if_needed()
             before = _wait(lambda c=control: _settled(c, state), SLIDER_TIMEOUT_S,
@@ -392,8 +392,9 @@ def test_notebook_runs_and_sliders_work(lab, browser, notebook):
                             f"{_summary(control.evaluate(JS_SLIDER_OUTPUT))}; kernel {state()['kernel']}")
             if presses > 1:
                 retried.append(i)
+            latencies.append(f"{latency or float('inf'):.1f} s")
             if latency is None or latency > UPDATE_LIMIT_S:
-                slow.append(f"{kind} {i}: {latency or float('inf'):.1f} s")
+                slow.append(f"{kind} {i}: {latencies[-1]}")
             assert not blanked, f"{rel}: {kind} {i} blanked its output while it was redrawn"
             figures = control.evaluate(JS_FIGURES_PER_OUTPUT)
             assert max(figures, default=0) <= 1, f"{rel}: {kind} {i} drew {figures} figures in one output"
@@ -402,7 +403,8 @@ def test_notebook_runs_and_sliders_work(lab, browser, notebook):
             assert not s["domErrors"], f"{rel}: moving {kind} {i} shows an error: {s['domErrors']}"
         assert not slow, f"{rel}: outputs that took longer than {UPDATE_LIMIT_S} s to update: {slow}"
         assert not page_errors, f"{rel}: JavaScript errors in the page: {page_errors}"
-        print(f"{rel}: {len(counts)} code cells ran without errors, {len(controls)} widget(s) moved"
+        print(f"{rel}: {len(counts)} code cells ran without errors, {len(controls)} widget(s) moved, "
+              f"redrawn after {', '.join(latencies) or '-'}"
               + (f" (sliders {retried} needed more than one key press)" if retried else ""))
     finally:
         page.close()
