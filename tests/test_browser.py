@@ -1,8 +1,12 @@
 """Browser tests: every notebook runs in JupyterLab, in headless Chromium, the way a reader runs it.
 
 For each ``notebooks/*.ipynb``: open it in JupyterLab, clear the outputs, Kernel > Restart Kernel and
-Run All Cells, wait until every code cell has run, assert that no cell shows an error, then move each
-ipywidgets slider with the keyboard and assert that the output it drives changes.
+Run All Cells, wait until every code cell has run, assert that no cell shows an error, then move every
+ipywidgets slider (keyboard) and dropdown (next option) on the page and assert that the output it
+drives is redrawn differently within ``UPDATE_LIMIT_S`` (2 s; ``TRILIB_WIDGET_LIMIT_S`` overrides it),
+is never blanked meanwhile, shows at most one figure per output area and no error. Separately, the
+notebooks' links to sections of docs/theory.md are clicked: JupyterLab must open the chapter
+scrolled to that section's heading.
 
 Skipped (with the reason) only when /usr/bin/chromium is absent; ``TRILIB_REQUIRE_BROWSER=1`` (set by
 ``.ci/run``) turns that skip into a failure. The JupyterLab server runs with throw-away config, data,
