@@ -1,8 +1,12 @@
 """Browser tests: every notebook runs in JupyterLab, in headless Chromium, the way a reader runs it.
 
 For each ``notebooks/*.ipynb``: open it in JupyterLab, clear the outputs, Kernel > Restart Kernel and
-Run All Cells, wait until every code cell has run, assert that no cell shows an error, then move each
-ipywidgets slider with the keyboard and assert that the output it drives changes.
+Run All Cells, wait until every code cell has run, assert that no cell shows an error, then move every
+ipywidgets slider (keyboard) and dropdown (next option) on the page and assert that the output it
+drives is redrawn differently within ``UPDATE_LIMIT_S`` (2 s; ``TRILIB_WIDGET_LIMIT_S`` overrides it),
+is never blanked meanwhile, shows at most one figure per output area and no error. Separately, the
+notebooks' links to sections of docs/theory.md are clicked: JupyterLab must open the chapter
+scrolled to that section's heading.
 
 Skipped (with the reason) only when /usr/bin/chromium is absent; ``TRILIB_REQUIRE_BROWSER=1`` (set by
 ``.ci/run``) turns that skip into a failure. The JupyterLab server runs with throw-away config, data,
@@ -13,6 +17,7 @@ notebook file is checked to be byte-for-byte unchanged afterwards (the test neve
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -30,7 +35,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 RUN_ALL_TIMEOUT_S = 240  # one notebook, restart + run all, on 2 busy cores
-SLIDER_TIMEOUT_S = 60  # one slider move until its output has been redrawn
+SLIDER_TIMEOUT_S = 60  # one slider move until its output has been redrawn (a hard failure beyond it)
+# The course's promise: a widget's output is redrawn within this many seconds of a move (issue 22).
+UPDATE_LIMIT_S = float(os.environ.get("TRILIB_WIDGET_LIMIT_S", "2"))
 
 pytestmark = pytest.mark.browser
 
@@ -201,6 +208,41 @@ JS_SLIDER_VALUE = """(handle) => {
 }"""
 
 
+# How many figures (images) each widget Output area of a control's interact box (or cell) shows.
+JS_FIGURES_PER_OUTPUT = """(el) => {
+    const scope = el.closest('.widget-interact') || el.closest('.jp-Cell');
+    return Array.from(scope.querySelectorAll('.widget-output'))
+        .filter(out => !out.parentElement.closest('.widget-output'))
+        .map(out => out.querySelectorAll('img, svg.main-svg').length);
+}"""
+
+
+def _controls(page) -> list:
+    """Every ipywidgets slider handle and dropdown on the page, as (kind, locator) in page order."""
+    sliders = page.locator(".widget-slider .noUi-handle")
+    dropdowns = page.locator(".widget-dropdown select")
+    found = [("slider", sliders.nth(i)) for i in range(sliders.count())]
+    found += [("dropdown", dropdowns.nth(i)) for i in range(dropdowns.count())]
+    return found
+
+
+def _move(page, kind: str, control, rel: str, i: int) -> dict:
+    """Move a slider one key step (left at its maximum) or a dropdown to its next option (the
+    previous one at the end); returns the new value and whether it reached an end."""
+    if kind == "slider":
+        value = control.evaluate(JS_SLIDER_VALUE)
+        key = "ArrowLeft" if value["now"] == value["max"] else "ArrowRight"
+        control.focus()
+        page.keyboard.press(key)
+        moved = control.evaluate(JS_SLIDER_VALUE)
+        assert moved["now"] != value["now"], f"{rel}: slider {i} did not move on {key}: {value}"
+        return {**moved, "at_end": moved["now"] in (moved["min"], moved["max"])}
+    options = control.evaluate("(s) => ({index: s.selectedIndex, n: s.options.length})")
+    target = options["index"] + 1 if options["index"] + 1 < options["n"] else options["index"] - 1
+    control.select_option(index=target)
+    return {"index": target, "at_end": target in (0, options["n"] - 1)}
+
+
 def _wait(predicate, timeout_s: float, what: str, detail=lambda: ""):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -316,46 +358,57 @@ def test_notebook_runs_and_sliders_work(lab, browser, notebook):
         assert None not in counts, f"{rel}: run-all stopped early; {progress()}"
         assert counts == list(range(1, len(counts) + 1)), f"{rel}: cells ran out of order: {counts}"
 
-        # Move each slider with the keyboard and check that what it drives is redrawn differently.
-        handles = page.locator(".widget-slider .noUi-handle")
-        retried = []  # sliders whose output changed only after a second or third key press
-        for i in range(handles.count()):
-            handle = handles.nth(i)
-            handle.scroll_into_view_if_needed()
-            value = handle.evaluate(JS_SLIDER_VALUE)
-            before = _wait(lambda h=handle: _settled(h, state), SLIDER_TIMEOUT_S,
-                           f"slider {i} of {rel} to show a settled output before it is moved")
-            key = "ArrowLeft" if value["now"] == value["max"] else "ArrowRight"
+        # Move every slider (keyboard) and every dropdown (next option) and check what it drives:
+        # redrawn differently within UPDATE_LIMIT_S, never blanked meanwhile, one figure per output.
+        controls = _controls(page)
+        retried, slow, latencies = [], [], []
+        for i, (kind, control) in enumerate(controls):
+            control.scroll_into_view_if_needed()
+            before = _wait(lambda c=control: _settled(c, state), SLIDER_TIMEOUT_S,
+                           f"{kind} {i} of {rel} to show a settled output before it is moved")
+            figures_before = sum(control.evaluate(JS_FIGURES_PER_OUTPUT))
 
-            def changed(h=handle, before=before):
-                after = _settled(h, state)
+            def changed(c=control, before=before):
+                after = _settled(c, state)
                 return after and after != before and after
 
-            # Press the key; should a key event get lost on a busy machine, press it once more (up to
-            # 3 presses, each must move the slider): the output must change in any case.
-            presses = 0
+            # Move it; should an event get lost on a busy machine, move it once more (up to 3 times,
+            # each must move it): the output must change in any case.
+            presses, latency, blanked = 0, None, False
             while presses < 3:
                 presses += 1
-                handle.focus()
-                old = handle.evaluate(JS_SLIDER_VALUE)
-                page.keyboard.press(key)
-                moved = handle.evaluate(JS_SLIDER_VALUE)
-                assert moved["now"] != old["now"], f"{rel}: slider {i} did not move on {key}: {old}"
-                deadline = time.monotonic() + SLIDER_TIMEOUT_S / 3
-                while time.monotonic() < deadline and not changed():
-                    time.sleep(0.25)
-                if changed() or moved["now"] in (moved["min"], moved["max"]):
+                start = time.monotonic()
+                moved = _move(page, kind, control, rel, i)
+                deadline = start + SLIDER_TIMEOUT_S / 3
+                while time.monotonic() < deadline:
+                    now = control.evaluate(JS_SLIDER_OUTPUT)
+                    blanked = blanked or not now.strip()
+                    if now and now != before:
+                        latency = latency or time.monotonic() - start
+                        if changed():
+                            break
+                    time.sleep(0.05)
+                if changed() or moved["at_end"]:
                     break
             if not changed():
-                pytest.fail(f"the output of slider {i} of {rel} did not change after {presses} x {key} "
-                            f"({value} -> {moved}); before: {_summary(before)}; now: "
-                            f"{_summary(handle.evaluate(JS_SLIDER_OUTPUT))}; kernel {state()['kernel']}")
+                pytest.fail(f"the output of {kind} {i} of {rel} did not change after {presses} moves "
+                            f"({moved}); before: {_summary(before)}; now: "
+                            f"{_summary(control.evaluate(JS_SLIDER_OUTPUT))}; kernel {state()['kernel']}")
             if presses > 1:
                 retried.append(i)
+            latencies.append(f"{latency or float('inf'):.1f} s")
+            if latency is None or latency > UPDATE_LIMIT_S:
+                slow.append(f"{kind} {i}: {latencies[-1]}")
+            assert not blanked, f"{rel}: {kind} {i} blanked its output while it was redrawn"
+            figures = control.evaluate(JS_FIGURES_PER_OUTPUT)
+            assert max(figures, default=0) <= 1, f"{rel}: {kind} {i} drew {figures} figures in one output"
+            assert not figures_before or sum(figures), f"{rel}: {kind} {i} lost its figure"
             s = state()
-            assert not s["domErrors"], f"{rel}: moving slider {i} shows an error: {s['domErrors']}"
+            assert not s["domErrors"], f"{rel}: moving {kind} {i} shows an error: {s['domErrors']}"
+        assert not slow, f"{rel}: outputs that took longer than {UPDATE_LIMIT_S} s to update: {slow}"
         assert not page_errors, f"{rel}: JavaScript errors in the page: {page_errors}"
-        print(f"{rel}: {len(counts)} code cells ran without errors, {handles.count()} slider(s) moved"
+        print(f"{rel}: {len(counts)} code cells ran without errors, {len(controls)} widget(s) moved, "
+              f"redrawn after {', '.join(latencies) or '-'}"
               + (f" (sliders {retried} needed more than one key press)" if retried else ""))
     finally:
         page.close()
@@ -365,3 +418,74 @@ def test_notebook_runs_and_sliders_work(lab, browser, notebook):
         if notebook.read_bytes() != saved:
             pytest.fail(f"{notebook.name} changed on disk during its browser test (JupyterLab saved it, "
                         f"or another process re-executed it meanwhile)")
+
+
+# The element a theory link's fragment names, the heading it belongs to (the element itself, or the
+# first heading after it) and where that heading sits in the Markdown viewer's scrolled area.
+JS_ANCHOR_IN_VIEW = """(fragment) => {
+    const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const path = panel && panel.context ? panel.context.path : null;
+    if (!panel || !path || !path.endsWith('docs/theory.md')) return {path: path, ready: false};
+    // JupyterLab's sanitizer turns a rendered id into data-jupyter-id (ids stay unique on the page)
+    const target = panel.node.querySelector('[data-jupyter-id="' + fragment + '"], [id="' + fragment + '"]');
+    if (!target) return {path: path, ready: false, why: 'no element with that id'};
+    let heading = /^H[1-6]$/.test(target.tagName) ? target : null;
+    if (!heading) {
+        heading = Array.from(panel.node.querySelectorAll('h1, h2, h3, h4, h5, h6')).find(
+            h => target.compareDocumentPosition(h) & Node.DOCUMENT_POSITION_FOLLOWING) || null;
+    }
+    if (!heading) return {path: path, ready: false, why: 'no heading after the anchor'};
+    let scroller = heading.parentElement;
+    while (scroller && scroller !== panel.node && scroller.scrollHeight <= scroller.clientHeight) {
+        scroller = scroller.parentElement;
+    }
+    const view = (scroller || panel.node).getBoundingClientRect();
+    const box = heading.getBoundingClientRect();
+    return {path: path, ready: true, heading: heading.innerText.trim(),
+            scrollTop: scroller ? scroller.scrollTop : 0,
+            offset: box.top - view.top, height: view.height};
+}"""
+
+
+def _click_theory_link(page, rel: str, fragment: str):
+    """In the open notebook ``rel``, click the link to theory.md#fragment and check where it lands."""
+    # JupyterLab resolves the href to /files/docs/theory.md?_xsrf=...#fragment
+    link = page.locator(f'.jp-RenderedMarkdown a[href*="theory.md"][href$="#{fragment}"]').first
+    _wait(lambda: link.count() > 0, 120, f"a link to theory.md#{fragment} in {rel}")
+    _accept_dialogs(page)
+    link.scroll_into_view_if_needed()
+    link.click()
+
+    def where():
+        return page.evaluate(JS_ANCHOR_IN_VIEW, fragment)
+
+    _wait(lambda: where()["ready"], 60, f"docs/theory.md to open at #{fragment}", lambda: str(where()))
+    time.sleep(1.0)   # let the viewer finish scrolling, then read the position again
+    at = where()
+    number = fragment.split("-")[0]
+    assert number in at["heading"], f"#{fragment} leads to heading {at['heading']!r}"
+    assert at["scrollTop"] > 0 and -5 <= at["offset"] <= at["height"] / 3, \
+        f"#{fragment}: the heading {at['heading']!r} is not scrolled into view: {at}"
+
+
+def test_theory_links_land_on_their_section(lab, browser):
+    """Click the notebooks' links into docs/theory.md (one per distinct section, from the notebook
+    that has the most): JupyterLab opens the theory chapter scrolled to that section's heading."""
+    base, token = lab
+
+    def links_of(nb):
+        return sorted(set(re.findall(r"\.\./docs/theory\.md#([\w\-]+)", nb.read_text())))
+
+    notebook = max(NOTEBOOKS, key=lambda nb: len(links_of(nb)))
+    fragments = [f for f in links_of(notebook) if not f.startswith("1-")][:3]   # §1 sits at the top
+    assert fragments, "no notebook links to a section of docs/theory.md"
+    rel = notebook.relative_to(REPO).as_posix()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        for fragment in fragments:
+            page.goto(f"{base}/lab/tree/{rel}?token={token}&reset", wait_until="domcontentloaded")
+            _click_theory_link(page, rel, fragment)
+            _close_sessions(base, token, rel)
+    finally:
+        page.close()
+        _close_sessions(base, token, rel)

@@ -75,3 +75,69 @@ def test_notebook_prints_nothing_machine_dependent(notebook):
             assert "bitwise" not in text.lower() and "bit for bit" not in text.lower(), text[:200]
             if not ignored:
                 assert out.get("name") != "stderr" or "%|" in text, f"stderr output: {text[:200]}"
+
+
+def _title(notebook: Path) -> str:
+    first = json.loads(notebook.read_text())["cells"][0]
+    assert first["cell_type"] == "markdown", f"{notebook.name}: the first cell must be the title (markdown)"
+    return "".join(first["source"]).splitlines()[0]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_title_style_and_summary(notebook):
+    """One title style, ``# NN · Title`` with the file's number, and a ``## Summary`` section."""
+    title = _title(notebook)
+    number = notebook.name[:2]
+    assert re.fullmatch(rf"# {number} · \S.*", title), \
+        f"{notebook.name}: title {title!r} should read '# {number} · Title'"
+    prose = "\n".join(cells(notebook, "markdown"))
+    assert re.search(r"^## Summary\s*$", prose, flags=re.M), f"{notebook.name}: no '## Summary' section"
+
+
+# A printed check states the magnitude it tested ("largest difference 2.2e-16", "< 1e-12"), never a
+# bare verdict: a line that ends in True or False after a colon, an equals sign or nothing at all.
+BARE_VERDICT = re.compile(r"(^|[:=]\s*)(True|False)\s*$")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_printed_checks_show_magnitudes(notebook):
+    bare = []
+    for i, c in enumerate(json.loads(notebook.read_text())["cells"]):
+        if c["cell_type"] != "code":
+            continue
+        for out in c.get("outputs", []):
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            bare += [f"cell {i}: {line.strip()}" for line in text.splitlines() if BARE_VERDICT.search(line)]
+    assert not bare, f"{notebook.name}: checks print a bare True/False, not the magnitude tested: {bare[:5]}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_theory_links_resolve():
+    """Every ``theory.md#anchor`` link in the notebooks and the README names a heading's GitHub slug
+    or an explicit ``<a id=...>`` of docs/theory.md (JupyterLab needs the explicit id to scroll)."""
+    text = THEORY.read_text()
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    anchors |= set(re.findall(r"""<a\s+(?:id|name)=["']([^"']+)["']""", text))
+    sources = {p.name: "\n".join(cells(p, "markdown")) for p in NOTEBOOKS}
+    sources["README.md"] = (REPO / "README.md").read_text()
+    missing = {name: sorted(set(re.findall(r"theory\.md#([\w\-]+)", src)) - anchors)
+               for name, src in sources.items()}
+    missing = {name: bad for name, bad in missing.items() if bad}
+    assert not missing, f"theory.md anchors that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_printed_lines_fit_the_page(notebook):
+    """Printed tables and messages fit a 1,070 px notebook column (about 125 monospace characters of
+    JupyterLab's output font) without wrapping mid-word: no printed line is longer than 120."""
+    long = []
+    for i, c in enumerate(json.loads(notebook.read_text())["cells"]):
+        for out in c.get("outputs", []) if c["cell_type"] == "code" else []:
+            if out.get("output_type") == "stream":
+                long += [f"cell {i}: {len(line)} chars" for line in "".join(out["text"]).splitlines()
+                         if len(line) > 120]
+    assert not long, f"{notebook.name}: printed lines wider than the page: {long[:5]}"

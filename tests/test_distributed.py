@@ -139,7 +139,10 @@ def test_gantt_and_comparison_draw_every_rank():
     assert len(fig.axes) == 6
     assert "the simulator needs P | k" in fig.axes[3].texts[0].get_text()
     fig = td.compare(case(1)[3])                         # P = 1 divides every k
-    assert [ax.get_title().split(" (")[0] for ax in fig.axes[1::2]] == ["sequential", "block_jacobi", "tree"]
+    # each prediction names the measured schedule it pairs with, and numbers ranks like the measurement
+    assert [ax.get_title().split(" (")[0] for ax in fig.axes[1::2]] == \
+        ["sequential", "pipeline = block_jacobi", "tree"]
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["rank 0"]
     matplotlib.pyplot.close("all")
 
 

@@ -117,8 +117,10 @@ def compare(results, k: int | None = None, figsize=None):
         if kk % r.world_size == 0:
             sched = simulate(SIMULATED[r.schedule], kk, r.world_size, r.microbatches)
             simulated_gantt(sched, ax=right)
+            right.set_yticks(range(r.world_size), [f"rank {d}" for d in range(r.world_size)], fontsize=8)
             s = sched.summary()
-            right.set_title(f"{SIMULATED[r.schedule]} (simulated backward): steps {s['steps']}, "
+            alias = "" if SIMULATED[r.schedule] == r.schedule else f" = {SIMULATED[r.schedule]}"
+            right.set_title(f"{r.schedule}{alias} (simulated backward): steps {s['steps']}, "
                             f"messages {s['messages']}", fontsize=9)
         else:
             right.text(0.5, 0.5, f"the simulator needs P | k (P={r.world_size}, k={kk})",
