@@ -34,10 +34,14 @@ class MemoryLimitError(MemoryError):
     """An operation would allocate more than ``trilib.config.memory_limit_bytes``."""
 
 
-def _check_limit(value: object) -> int | None:
+def check_limit(value: object, name: str = "trilib.config.memory_limit_bytes") -> int | None:
+    """The one memory-limit rule, for ``trilib.config.memory_limit_bytes`` and every
+    ``memory_limit=`` argument: ``None`` (no limit) or a positive integer number of bytes (any
+    ``numbers.Integral`` but ``bool``); ``TypeError`` for anything else, ``ValueError`` for
+    zero or a negative number."""
     if value is None:
         return None
-    what = ("trilib.config.memory_limit_bytes must be a positive int (bytes), or None for no limit; "
+    what = (f"{name} must be a positive int (bytes), or None for no limit; "
             f"got {value!r}. Write e.g. 8 << 30 for 8 GiB, or int(8e9)")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(what)
@@ -71,7 +75,7 @@ class Config:
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "memory_limit_bytes":
-            value = _check_limit(value)
+            value = check_limit(value)
         elif not hasattr(self, name):
             raise AttributeError(f"trilib.config has no setting {name!r}; settings: memory_limit_bytes")
         super().__setattr__(name, value)
@@ -88,13 +92,18 @@ def _human(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def check_memory(nbytes: int, what: str, suggestion: str) -> None:
-    """Raise :class:`MemoryLimitError` if ``nbytes`` exceeds the configured limit (none if None)."""
-    limit = config.memory_limit_bytes
+def check_memory(nbytes: int, what: str, suggestion: str, limit: object = None) -> None:
+    """Raise :class:`MemoryLimitError` if ``nbytes`` exceeds the limit: ``limit`` (a
+    ``memory_limit=`` argument, checked by :func:`check_limit`) when given, else
+    ``trilib.config.memory_limit_bytes`` (none if None)."""
+    name = "trilib.config.memory_limit_bytes"
+    if limit is None:
+        limit = config.memory_limit_bytes
+    else:
+        limit, name = check_limit(limit, "memory_limit"), "memory_limit"
     if limit is not None and nbytes > limit:
         raise MemoryLimitError(
-            f"{what} would need about {_human(nbytes)}, above trilib.config.memory_limit_bytes "
-            f"= {_human(limit)}. {suggestion}"
+            f"{what} would need about {_human(nbytes)}, above {name} = {_human(limit)}. {suggestion}"
         )
 
 

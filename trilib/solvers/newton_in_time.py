@@ -21,6 +21,7 @@ import torch
 from .._numerics import ceil_log2, norm
 from ..systems import BlockBidiagonalSystem, RecurrentForwardSystem
 from ..trace import Trace
+from ._affine import doubling, scan
 from ._registry import check_method, methods, register, solve
 from ._sweeps import ConvergenceError, ConvergenceWarning, check_blocks, check_int, own_trace
 from .newton import ROUNDING
@@ -60,23 +61,17 @@ def recurrence(system: RecurrentForwardSystem, trace) -> list[torch.Tensor]:
 
 def diagonal_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Solve ``δ_t = a_t ⊙ δ_{t-1} + b_t`` (``δ_{-1} = 0``, so ``a_0`` is ignored) for
-    ``t = 0..L-1`` by recursive doubling on element-wise affine maps: ``⌈log2 L⌉`` steps of
-    element-wise products, no matrix anywhere.
+    ``t = 0..L-1``: trilib's affine scan (:func:`~trilib.solvers._affine.scan`, recursive
+    doubling) on element-wise maps, ``⌈log2 L⌉`` steps of element-wise products.
 
     Example:
         >>> a, b = torch.full((4, 1), 2.0), torch.ones(4, 1)
         >>> diagonal_scan(a, b).flatten().tolist()      # 1, 2·1 + 1, 2·3 + 1, 2·7 + 1
         [1.0, 3.0, 7.0, 15.0]
     """
-    a, x = a.clone(), b.clone()
+    a = a.clone()
     a[0] = 0
-    d, L = 1, x.shape[0]
-    while d < L:
-        x[d:] = x[d:] + a[d:] * x[:-d]            # the right side is evaluated first
-        if 2 * d < L:
-            a[d:] = a[d:] * a[:-d]
-        d *= 2
-    return x
+    return scan(a, b.clone(), doubling(b.shape[0]), diagonal=True)
 
 
 def _residual(s: torch.Tensor, c: torch.Tensor) -> float:

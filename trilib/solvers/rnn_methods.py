@@ -21,6 +21,7 @@ import torch
 from .._checks import check_memory
 from .._numerics import ceil_log2
 from ..systems import GridSystem
+from ._affine import doubling, scan
 from ._registry import register
 
 __all__ = ["bptt", "wavefront", "nested", "time_scan"]
@@ -88,7 +89,8 @@ def wavefront(system: GridSystem, trace) -> list[torch.Tensor]:
 
 def time_scan(p: torch.Tensor, x: torch.Tensor, trace=None, pairs_of=None) -> torch.Tensor:
     """Solve ``X_t = x_t + P_t X_{t+1}`` (t = τ-1..0, ``X_τ = 0``) for a batch of rows at once
-    by recursive doubling (Hillis–Steele suffix scan on affine maps, docs/theory.md §5).
+    by trilib's affine scan (:func:`~trilib.solvers._affine.scan`, recursive doubling, a suffix
+    scan over time; docs/theory.md §5).
 
     Args:
         p: ``(L, τ, batch, n, n)`` couplings ``P_t`` (``P_{τ-1}`` is ignored).
@@ -106,18 +108,16 @@ def time_scan(p: torch.Tensor, x: torch.Tensor, trace=None, pairs_of=None) -> to
         [7.0, 3.0, 1.0]
     """
     tau = x.shape[1]
-    p, x = p.clone(), x.clone()
-    p[:, -1] = 0
-    s = 1
-    while s < tau:
-        x[:, :-s] += p[:, :-s] @ x[:, s:]            # the right side is evaluated first
-        if 2 * s < tau:                              # the last doubling needs no new P
-            p[:, :-s] = p[:, :-s] @ p[:, s:]
-        if trace is not None:
-            pairs = pairs_of(list(range(tau - s)), s) if pairs_of else []
-            trace.add_step(pairs, work=2 * len(pairs))
-        s *= 2
-    return x
+    # in scan order the last time step comes first: position q is t = τ-1-q, its source t + 1
+    B, r = p.flip(1).movedim(1, 0), x.flip(1).movedim(1, 0)     # copies, in scan order
+    B[0] = 0
+
+    def record(step):
+        pairs = pairs_of(list(range(tau - step.dist)), step.dist) if pairs_of else []
+        trace.add_step(pairs, work=2 * len(pairs))
+
+    X = scan(B, r, doubling(tau), record=None if trace is None else record)
+    return X.movedim(0, 1).flip(1)
 
 
 def _dense(e: torch.Tensor) -> torch.Tensor:
