@@ -109,7 +109,8 @@ def scan(B: torch.Tensor, r: torch.Tensor, schedule: Iterable[Step], *, diagonal
     """
     for step in schedule:
         t, s = step.slices()
-        B_t, r[t] = combine(B[t], r[t], B[s] if step.matrix else None, r[s], diagonal=diagonal)
+        B_t = B[t].contiguous()      # a strided step's targets: one copy, read by both products
+        B_t, r[t] = combine(B_t, r[t], B[s] if step.matrix else None, r[s], diagonal=diagonal)
         if B_t is not None:
             B[t] = B_t
         if record is not None:
