@@ -7,6 +7,7 @@ estimate first.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -28,6 +29,41 @@ __all__ = [
 
 class UnsupportedLayerError(TypeError):
     """A model contains a layer that the chosen system builder cannot express."""
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None, *,
+              error: type[Exception] = ValueError, span: str | None = None) -> int:
+    """The one int-not-bool argument check of trilib: ``value`` must be an integer
+    (``numbers.Integral``, numpy's too, never ``bool``) with ``low <= value <= high``.
+
+    Raises ``error`` (default ``ValueError``) naming the argument: ``"{name} must be an int
+    {span}, got {value!r}"`` (``span`` defaults to ``">= low"`` or ``"in [low, high]"``).
+    Returns ``int(value)``.
+
+    Example:
+        >>> check_int("steps", 3, 1)
+        3
+        >>> check_int("steps", True, 1)
+        Traceback (most recent call last):
+        ValueError: steps must be an int >= 1, got True
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
+        span = span or (f">= {low}" if high is None else f"in [{low}, {high}]")
+        raise error(f"{name} must be an int {span}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value: object, *, positive: bool = False, finite: bool = False,
+                 what: str = "") -> float:
+    """A real number (never ``bool``) ``>= 0`` (``> 0`` with ``positive``; not infinite with
+    ``finite``): ``ValueError`` naming the argument (or saying ``what``) otherwise. Returns
+    ``float(value)``."""
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+          and (value > 0 if positive else value >= 0) and (not finite or math.isfinite(value)))
+    if not ok:
+        raise ValueError(what or f"{name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
 
 
 class MemoryLimitError(MemoryError):

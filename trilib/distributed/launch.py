@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._checks import check_int, check_number
 from .model import make_loss, parse_mlp, slab_bounds
 from .processes import DistributedError, launch
 from .schedules import SCHEDULES
@@ -82,9 +82,8 @@ def check_args(model, x, world_size, schedules, backend, microbatches, timeout_s
         raise ValueError(f"x has {x.shape[1]} features but the first Linear expects {layers[0].n_in}")
     if x.dtype != layers[0].weight.dtype:
         raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {layers[0].weight.dtype}")
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or not 1 <= world_size <= k:
-        raise ValueError(f"world_size must be an int from 1 to the number of layers k={k} "
-                         f"(each rank owns at least one layer), got {world_size!r}")
+    check_int("world_size", world_size, 1, k,
+              span=f"from 1 to the number of layers k={k} (each rank owns at least one layer)")
     if len(set(schedules)) != len(schedules):
         raise ValueError(f"schedule lists a schedule twice: {list(schedules)}")
     for name in schedules:
@@ -94,18 +93,13 @@ def check_args(model, x, world_size, schedules, backend, microbatches, timeout_s
         raise ValueError(f"unknown backend {backend!r}; valid backends are: {', '.join(BACKENDS)}")
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend='nccl' needs CUDA GPUs; use backend='gloo' on CPUs")
-    if isinstance(microbatches, bool) or not isinstance(microbatches, int) \
-            or not 1 <= microbatches <= x.shape[0]:
-        raise ValueError(f"microbatches must be an int from 1 to the batch size {x.shape[0]}, "
-                         f"got {microbatches!r}")
+    check_int("microbatches", microbatches, 1, x.shape[0], span=f"from 1 to the batch size {x.shape[0]}")
     if microbatches > 1 and "pipeline" not in schedules:
         raise ValueError(f"microbatches={microbatches} applies to the 'pipeline' schedule only, "
                          f"got schedule(s) {list(schedules)}")
-    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) \
-            or not math.isfinite(timeout_s) or timeout_s <= 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    check_number("timeout_s", timeout_s, positive=True, finite=True,
+                 what=f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    check_int("warmup", warmup, 0)
     return layers
 
 

@@ -2,8 +2,9 @@
 
 An MLP ``nn.Sequential`` is read as k layers ``y_l = W_l z_{l-1} + b_l``, ``z_l = f_l(y_l)``
 (``f_l``: the element-wise activations that follow the l-th ``nn.Linear``, identity if none).
-Rank ``d`` of P owns the contiguous **slab** of layers ``lo_d + 1 .. hi_d`` with
-``lo_d = d k // P`` and ``hi_d = (d + 1) k // P``: slabs differ in size by at most one layer.
+Rank ``d`` of P owns the contiguous **slab** of layers ``lo_d + 1 .. hi_d`` given by
+:func:`trilib._numerics.slabs`, the convention the simulator and block Jacobi share: slabs
+differ in size by at most one layer, the larger ones first.
 Layers may have different widths; what crosses a slab boundary always has the width of the
 boundary: ``z_{hi_d}`` (forward, ``n_{hi_d}`` wide) and ``u_d = dE/dz_{hi_d}`` (backward, the
 same width).
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import UnsupportedLayerError
+from .._numerics import slabs
 
 __all__ = ["ELEMENTWISE", "LOSSES", "Layer", "Slab", "NamedLoss", "parse_mlp", "slab_bounds",
            "check_loss", "make_loss"]
@@ -136,9 +138,9 @@ def slab_bounds(k: int, world_size: int) -> list[tuple[int, int]]:
 
     Example:
         >>> slab_bounds(7, 3)
-        [(0, 2), (2, 4), (4, 7)]
+        [(0, 3), (3, 5), (5, 7)]
     """
-    return [(d * k // world_size, (d + 1) * k // world_size) for d in range(world_size)]
+    return [(s.start, s.stop) for s in slabs(k, world_size)]
 
 
 class Slab:

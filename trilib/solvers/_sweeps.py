@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._checks import check_int, check_number
+from .._numerics import slabs
 from ..systems import BlockBidiagonalSystem, BlockVector, NonlinearForwardSystem, TriangularSystem
 
 __all__ = ["ConvergenceWarning", "ConvergenceError", "exact_count", "own_trace", "slabs", "sweep_loop"]
@@ -42,22 +44,6 @@ class ConvergenceWarning(UserWarning):
 
 class ConvergenceError(RuntimeError):
     """Raised instead of :class:`ConvergenceWarning` when ``on_failure="raise"``."""
-
-
-def slabs(k: int, p: int) -> list[range]:
-    """Split rows ``0..k-1`` into ``p`` contiguous blocks whose sizes differ by at most one.
-
-    Example:
-        >>> [list(s) for s in slabs(5, 2)]
-        [[0, 1, 2], [3, 4]]
-    """
-    base, extra = divmod(k, p)
-    out, start = [], 0
-    for j in range(p):
-        size = base + (1 if j < extra else 0)
-        out.append(range(start, start + size))
-        start += size
-    return out
 
 
 def exact_count(system: TriangularSystem) -> int:
@@ -81,14 +67,6 @@ def exact_count(system: TriangularSystem) -> int:
     return system.k
 
 
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if (isinstance(value, bool) or not isinstance(value, int) or value < low
-            or (high is not None and value > high)):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
-    return value
-
-
 def check_blocks(name: str, system: TriangularSystem, blocks) -> list[torch.Tensor]:
     if blocks is None:
         return None
@@ -106,13 +84,24 @@ def check_blocks(name: str, system: TriangularSystem, blocks) -> list[torch.Tens
 def check_common(system: TriangularSystem, tol, max_sweeps, reference, on_failure,
                  name: str = "max_sweeps"):
     """Validate the shared options: ``(tol or None, max_sweeps or None, reference blocks)``."""
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
-        raise ValueError(f"tol must be None (run to the exact answer) or a number >= 0, got {tol!r}")
+    tol = check_tol(tol)
     if max_sweeps is not None:
         check_int(name, max_sweeps, 1)
+    check_on_failure(on_failure)
+    return tol, max_sweeps, check_blocks("reference", system, reference)
+
+
+def check_tol(tol: object) -> float | None:
+    """``tol`` of every iterative method: ``None`` or a number ``>= 0``."""
+    if tol is None:
+        return None
+    return check_number("tol", tol, what=f"tol must be None (run to the exact answer) or a number >= 0, "
+                                          f"got {tol!r}")
+
+
+def check_on_failure(on_failure: object) -> None:
     if on_failure not in ("warn", "raise"):
         raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
-    return (None if tol is None else float(tol)), max_sweeps, check_blocks("reference", system, reference)
 
 
 def own_trace(trace, method: str):

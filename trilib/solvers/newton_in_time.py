@@ -18,12 +18,20 @@ import warnings
 
 import torch
 
+from .._checks import check_int
 from .._numerics import ceil_log2, norm
 from ..systems import BlockBidiagonalSystem, RecurrentForwardSystem
 from ..trace import Trace
 from ._affine import doubling, scan
 from ._registry import check_method, methods, register, solve
-from ._sweeps import ConvergenceError, ConvergenceWarning, check_blocks, check_int, own_trace
+from ._sweeps import (
+    ConvergenceError,
+    ConvergenceWarning,
+    check_blocks,
+    check_on_failure,
+    check_tol,
+    own_trace,
+)
 from .newton import ROUNDING
 
 __all__ = ["diagonal_scan", "newton_in_time", "recurrence"]
@@ -96,15 +104,13 @@ def _check(system, jacobian, linear_method, tol, max_iterations, fallback, on_fa
     if jacobian == "diagonal" and linear_method not in ("recursive_doubling", "sequential"):
         raise ValueError(f"with jacobian='diagonal' the scan is element-wise: linear_method must be "
                          f"'recursive_doubling' or 'sequential', got {linear_method!r}")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
-        raise ValueError(f"tol must be None or a number >= 0, got {tol!r}")
+    tol = check_tol(tol)
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    if on_failure not in ("warn", "raise"):
-        raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
+    check_on_failure(on_failure)
     tau = system.grid_shape[1]
     limit = tau if max_iterations is None else min(check_int("max_iterations", max_iterations, 1), tau)
-    return (None if tol is None else float(tol)), limit
+    return tol, limit
 
 
 def _converged(s: torch.Tensor, c: torch.Tensor, residual: float | None, tol: float | None) -> bool:
