@@ -266,7 +266,7 @@ BAD = [
     ("x dtype", dict(x=torch.randn(5, 3)), TypeError, "dtype torch.float32"),
     ("not Sequential", dict(model=nn.Linear(3, 3)), TypeError, "nn.Sequential"),
     ("unsupported layer", dict(model=nn.Sequential(nn.Linear(3, 3), nn.Dropout(), nn.Linear(3, 2))),
-     trilib.UnsupportedLayerError, r"module 1 \(Dropout\) is not supported"),
+     trilib.UnsupportedLayerError, r"1 \(Dropout\) is not supported"),
     ("activation first", dict(model=nn.Sequential(nn.Tanh(), nn.Linear(3, 2))),
      trilib.UnsupportedLayerError, "before the first nn.Linear"),
     ("widths do not chain", dict(model=nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2))), ValueError,
