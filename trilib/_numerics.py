@@ -22,6 +22,27 @@ def ceil_log2(k: int) -> int:
     return (check_int("k", k, 1) - 1).bit_length()
 
 
+def rnn_cell(xp: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+             relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cell of ``nn.RNN``, the one both RNN paths use (the backward builder
+    :mod:`trilib.rnn` and the forward cells of :mod:`trilib.gated`): ``y = xp + W_hh h + b_hh``
+    (``xp = W_ih x + b_ih``, projected once per layer), ``h' = f(y)`` with f = tanh or relu.
+    Returns ``(h', f'(y))``; batched over leading dimensions.
+
+    Example:
+        >>> h, d = rnn_cell(torch.zeros(1, 2), torch.ones(1, 2), torch.eye(2), None, relu=True)
+        >>> h.tolist(), d.tolist()
+        ([[1.0, 1.0]], [[1.0, 1.0]])
+    """
+    y = xp + h @ w_hh.t()
+    if b_hh is not None:
+        y = y + b_hh
+    if relu:
+        return torch.relu(y), (y > 0).to(y.dtype)
+    h = torch.tanh(y)
+    return h, 1 - h * h
+
+
 def slabs(k: int, P: int) -> list[range]:
     """The one convention for splitting rows (layers) ``0..k-1`` over ``P`` devices: contiguous
     slabs whose sizes differ by at most one, the larger ones first (``numpy.array_split``'s
