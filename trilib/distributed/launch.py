@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +64,6 @@ class DistributedResult:
         return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check_args(model, x, world_size, schedules, backend, microbatches, timeout_s, warmup):
     """Every argument of :func:`run`, before any process starts; returns the parsed layers."""
     layers = parse_mlp(model)
@@ -109,8 +102,8 @@ def run(model: nn.Module, x: torch.Tensor, loss_fn, world_size: int, schedule="t
     """Backward propagation of an MLP whose layers are spread over ``world_size`` processes.
 
     Starts ``world_size`` fresh Python processes (see :mod:`trilib.distributed.processes`; they
-    rendezvous on 127.0.0.1 and a free port and talk through ``torch.distributed`` only) and
-    waits for them.
+    meet in a file store in the run's private temporary folder, so no port can be taken by
+    another process in between, and talk through ``torch.distributed`` only) and waits for them.
 
     Args:
         model: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations; rank d owns the
@@ -151,10 +144,12 @@ def run(model: nn.Module, x: torch.Tensor, loss_fn, world_size: int, schedule="t
         raise ValueError("schedule must name at least one schedule")
     layers = check_args(model, x, world_size, names, backend, microbatches, timeout_s, warmup)
     loss = make_loss(loss_fn, targets)
-    spec = {"layers": layers, "x": x.detach().cpu(), "loss": loss, "schedules": names,
-            "microbatches": microbatches, "warmup": warmup, "backend": backend,
-            "timeout_s": float(timeout_s), "threads": 1, "port": _free_port()}
     with tempfile.TemporaryDirectory(prefix="trilib-distributed-") as workdir:
+        # the ranks meet in a file store in the run's private folder: no port to race for
+        rendezvous = (Path(workdir) / "rendezvous").as_uri()
+        spec = {"layers": layers, "x": x.detach().cpu(), "loss": loss, "schedules": names,
+                "microbatches": microbatches, "warmup": warmup, "backend": backend,
+                "timeout_s": float(timeout_s), "threads": 1, "init_method": rendezvous}
         torch.save(spec, Path(workdir) / "spec.pt")
         raw = launch(world_size, workdir, float(timeout_s))
     results = collect(raw, model, world_size, backend, microbatches)
