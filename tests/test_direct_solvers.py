@@ -275,3 +275,17 @@ def test_tree_trace_rejects_bad_k(bad):
         tree_trace("blelloch", bad)
     with pytest.raises(ValueError, match="unknown method"):
         tree_trace("bogus", 4)
+
+
+def test_torchs_generic_associative_scan_is_behind_a_version_check(monkeypatch):
+    """trilib needs torch >= 2.4; the benchmark peer ``associative_scan(..., combine_mode=
+    "generic")`` needs a newer torch and says so instead of failing inside torch."""
+    from torch.torch_version import TorchVersion
+
+    from trilib.bench.peers import SCAN_TORCH, associative_scan_solve
+
+    system = random_system([3] * 5, upper=True)
+    assert rel(torch.cat(list(associative_scan_solve(system)), dim=1), dense_solution(system)) < 1e-12
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.5.1"))
+    with pytest.raises(RuntimeError, match=f"needs torch >= {SCAN_TORCH} \\(this is 2.5.1\\)"):
+        associative_scan_solve(system)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +40,6 @@ class DistributedResult:
     slabs: tuple[tuple[int, ...], ...]
     backend: str = "gloo"
     microbatches: int = 1
-    extra: dict = field(default_factory=dict, repr=False)
 
     @property
     def makespan(self) -> float:

@@ -21,7 +21,7 @@ import torch
 
 from .._checks import check_int
 from .._numerics import ceil_log2
-from ..systems import BlockBidiagonalSystem, RecurrentForwardSystem
+from ..systems import BlockBidiagonalSystem, BlockVector, RecurrentForwardSystem
 from ..trace import Trace
 from ._affine import doubling, scan
 from ._registry import check_method, methods, register, solve
@@ -48,7 +48,7 @@ def _time_pairs(system, l: int, first: int) -> list[tuple[int, int]]:
 
 
 @register("sequential", RecurrentForwardSystem, family=("substitution", "matrix-free"))
-def recurrence(system: RecurrentForwardSystem, trace) -> list[torch.Tensor]:
+def recurrence(system: RecurrentForwardSystem, trace) -> BlockVector:
     """The ordinary recurrence ``s_{l,t} = cell_l(x_{l,t}, s_{l,t-1})``: forward substitution,
     k·τ steps (one per state; the input projection ``W_ih x`` of a layer is one product over all t).
 
@@ -133,7 +133,7 @@ def _linear_solve(a, b, jacobian, linear_method, linear_options, record):
 def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "full",
                    linear_method: str = "recursive_doubling", linear_options: dict | None = None,
                    tol: float | None = None, max_iterations: int | None = None, initial=None,
-                   fallback: str = "jacobi", on_failure: str = "warn") -> list[torch.Tensor]:
+                   fallback: str = "jacobi", on_failure: str = "warn") -> BlockVector:
     """Newton's method over time, layer by layer: the forward pass in O(iterations · log τ) steps.
 
     Iteration ``i`` on a layer, at the iterate ``s`` with ``c_t = cell(x_t, s_{t-1})`` and

@@ -20,7 +20,7 @@ import torch
 
 from .._checks import check_memory
 from .._numerics import ceil_log2
-from ..systems import GridSystem
+from ..systems import BlockVector, GridSystem
 from ._affine import doubling, scan
 from ._registry import register
 
@@ -34,7 +34,7 @@ def _row(system: GridSystem, ls, ts, v: torch.Tensor) -> torch.Tensor:
 
 
 @register("sequential", GridSystem, family=("substitution", "rnn"))
-def bptt(system: GridSystem, trace) -> list[torch.Tensor]:
+def bptt(system: GridSystem, trace) -> BlockVector:
     """Back-propagation through time: for t = τ..1, for l = k..1, solve ``v_{l,t}``.
 
     Steps: k·τ; work: one product per coupling (k·τ·2 - k - τ).
@@ -58,7 +58,7 @@ def bptt(system: GridSystem, trace) -> list[torch.Tensor]:
 
 
 @register("wavefront", GridSystem, family="rnn")
-def wavefront(system: GridSystem, trace) -> list[torch.Tensor]:
+def wavefront(system: GridSystem, trace) -> BlockVector:
     """Level scheduling on the grid: level ``s`` holds every ``v_{l,t}`` with
     ``(k-1-l) + (τ-1-t) = s`` (0-based), and all its unknowns are solved in one batched step.
 
@@ -141,7 +141,7 @@ def _apply(e: torch.Tensor, kind: str, y: torch.Tensor) -> torch.Tensor:
 
 
 @register("nested", GridSystem, family=("rnn", "direct"))
-def nested(system: GridSystem, trace) -> list[torch.Tensor]:
+def nested(system: GridSystem, trace) -> BlockVector:
     """Cyclic reduction over layers whose block solves are recursive-doubling scans over time.
 
     In the layer ordering the system is ``A_l V_l - E_l V_{l+1} = R_l`` (l = 1..k), where
