@@ -283,6 +283,17 @@ def test_tree_trace_rejects_bad_k(bad):
         tree_trace("bogus", 4)
 
 
+def test_no_host_sync_in_the_nested_grid_solve():
+    """The RNN grid's direct method (cyclic reduction over layers, time scans inside) too."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(2, 3, num_layers=3, dtype=torch.float64)
+    system = trilib.backward_system(rnn, torch.randn(5, 2, 2, dtype=torch.float64), lambda o: o[0].sum())
+    assert "nested" in trilib.methods(system, family="direct")
+    with HostSyncForbidden():
+        v = trilib.solve(system, "nested")
+    assert rel(torch.cat(list(v), dim=1), dense_solution(system)) < 1e-12
+
+
 def test_torchs_generic_associative_scan_is_behind_a_version_check(monkeypatch):
     """trilib needs torch >= 2.4; the benchmark peer ``associative_scan(..., combine_mode=
     "generic")`` needs a newer torch and says so instead of failing inside torch."""

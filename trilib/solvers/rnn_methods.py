@@ -66,10 +66,11 @@ def wavefront(system: GridSystem, trace) -> BlockVector:
 
     Example:
         >>> import torch, trilib
-        >>> rnn = torch.nn.RNN(2, 3, num_layers=2)
+        >>> rnn = torch.nn.RNN(2, 3, num_layers=3)                       # k = 3, τ = 4
         >>> U = trilib.backward_system(rnn, torch.randn(4, 1, 2), lambda o: o[0].sum())
-        >>> trilib.solve(U, "wavefront", return_trace=True)[1].steps
-        5
+        >>> _, trace = trilib.solve(U, "wavefront", return_trace=True)
+        >>> trace.steps == 3 + 4 - 1, trace.work == 3 * 4 * 2 - 3 - 4
+        (True, True)
     """
     k, tau = system.grid_shape
     v = system.r.new_zeros(k + 1, tau + 1, *system.r.shape[2:])
