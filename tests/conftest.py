@@ -93,3 +93,42 @@ def dense_solution(system: trilib.TriangularSystem, sample: int | None = None) -
         return torch.stack([dense_solution(system, s) for s in range(system.batch_size)])
     a, r = system.to_dense(sample), system.rhs_dense(sample).unsqueeze(-1)
     return torch.linalg.solve_triangular(a, r, upper=system.upper, unitriangular=True).squeeze(-1)
+
+
+def cat_blocks(u) -> torch.Tensor:
+    """A solution's blocks ``(batch, n_l)`` side by side: ``(batch, N)``."""
+    return torch.cat(list(u), dim=1)
+
+
+def make_recurrent(kind: str = "RNN", k=2, tau=5, n_in=3, n=4, batch=2, batch_first=False, bias=True,
+                   with_h0=False, seed=0, scale=1.0, nonlinearity="tanh", dtype=F64):
+    """A seeded ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (weights times ``scale``) and its input:
+    ``x`` (time-major unless ``batch_first``), or ``(x, h0)`` (``(x, (h0, c0))`` for an LSTM)."""
+    torch.manual_seed(seed)
+    extra = {"nonlinearity": nonlinearity} if kind == "RNN" else {}
+    module = getattr(torch.nn, kind)(n_in, n, num_layers=k, bias=bias, batch_first=batch_first,
+                                     dtype=dtype, **extra)
+    if scale != 1.0:
+        with torch.no_grad():
+            for p in module.parameters():
+                p.mul_(scale)
+    x = torch.randn(*((batch, tau) if batch_first else (tau, batch)), n_in, dtype=dtype)
+    if not with_h0:
+        return module, x
+    h0 = torch.randn(k, batch, n, dtype=dtype)
+    return module, (x, (h0, torch.randn_like(h0)) if kind == "LSTM" else h0)
+
+
+def recurrent_loss(out):
+    """A loss on everything a recurrent module returns, ``(output, h_n)`` or
+    ``(output, (h_n, c_n))``, reaching every state."""
+    output, hidden = out
+    if isinstance(hidden, tuple):                       # LSTM: (h_n, c_n)
+        return output.sin().sum() + 0.5 * hidden[0].square().sum() + hidden[1].cos().sum()
+    return output.sin().sum() + 0.5 * hidden.square().sum()
+
+
+def module_outputs(out) -> list[torch.Tensor]:
+    """A recurrent module's outputs as a flat list ``[output, h_n (, c_n)]``."""
+    output, hidden = out
+    return [output, *hidden] if isinstance(hidden, tuple) else [output, hidden]

@@ -120,3 +120,16 @@ def test_no_test_helper_is_written_twice():
                     twice.append(f"{node.name} in {path.name} and {seen[body]}")
                 seen.setdefault(body, path.name)
     assert not twice, f"move these helpers to tests/conftest.py: {twice}"
+
+
+def test_no_test_helper_name_is_defined_twice():
+    """Nor does a helper's name appear in two test files (``loss_fn``, ``make``, ``flat`` were
+    once written in several, each slightly different): shared ones live in tests/conftest.py,
+    the others get a name that says what they do."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_"):
+                where.setdefault(node.name, []).append(path.name)
+    twice = {name: files for name, files in where.items() if len(files) > 1}
+    assert not twice, f"move these helpers to tests/conftest.py or rename them: {twice}"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import dense_solution, random_system, rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._higher_order_ops import associative_scan
+from torch.overrides import TorchFunctionMode
 
 import trilib
 from trilib.solvers import blelloch, cyclic_reduction, parallel_cyclic_reduction, recursive_doubling
@@ -46,10 +48,45 @@ def test_matches_dense_triangular_solve(method, upper, sizes, shared):
 def test_dtypes_and_devices(method, device, dtype, tol):
     system = random_system([5, 3, 6, 2, 5, 4, 4, 3, 2], upper=True, dtype=dtype, device=device)
     u = trilib.solve(system, method)
-    ref = trilib.solve(random_system([5, 3, 6, 2, 5, 4, 4, 3, 2], upper=True), "sequential")
-    for a, b in zip(u, ref):
-        assert a.dtype == dtype and a.device.type == device
-        assert rel(a.double().cpu(), b) < tol
+    ref = dense_solution(random_system([5, 3, 6, 2, 5, 4, 4, 3, 2], upper=True))   # float64, CPU
+    assert all(a.dtype == dtype and a.device.type == device for a in u)
+    assert rel(torch.cat([a.double().cpu() for a in u], dim=1), ref) < tol
+
+
+class HostSyncForbidden(TorchFunctionMode):
+    """Fails on every operation that reads a tensor's value on the host (a device sync) or
+    whose output shape depends on values: a CUDA graph could not capture it."""
+
+    FORBIDDEN = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+                 torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.nonzero, torch.nonzero,
+                 torch.equal, torch.allclose, torch.Tensor.unique, torch.unique, torch.masked_select}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.FORBIDDEN:
+            raise AssertionError(f"host synchronisation inside a solve: {func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_guard_sees_host_syncs():
+    t = torch.ones(2)
+    for sync in (lambda: t.sum().item(), lambda: t.tolist(), lambda: bool(t[0] > 0), lambda: int(t[0]),
+                 lambda: t.nonzero(), lambda: torch.equal(t, t)):
+        with pytest.raises(AssertionError, match="host synchronisation"), HostSyncForbidden():
+            sync()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("upper", [True, False])
+@pytest.mark.parametrize("sizes", [[3] * 11, [2, 6, 1, 4, 4, 3, 7]])
+def test_no_host_sync_inside_a_solve(method, upper, sizes):
+    """A direct solve never reads a value back to the host (no .item(), .tolist(), bool(tensor),
+    no Python branch on a tensor): it runs under CUDA graph capture. Checked on CPU."""
+    system = random_system(sizes, upper)
+    with HostSyncForbidden():
+        u, trace = trilib.solve(system, method, return_trace=True)
+        v = trilib.solve(system, method, memory_limit=10**8)
+    assert rel(torch.cat(list(u), dim=1), dense_solution(system)) < 1e-12
+    assert all(torch.equal(a, b) for a, b in zip(u, v))
 
 
 # -- the same affine recurrences through torch's associative_scan ----------------------------
@@ -193,10 +230,19 @@ def test_memory_guard_raises_before_allocating(monkeypatch):
         trilib.solve(system, "blelloch", memory_limit=1)
 
 
-@pytest.mark.parametrize("bad", [0, -5, 1.5, "1GB", True])
-def test_memory_limit_must_be_positive_int(bad):
-    with pytest.raises(ValueError, match="memory_limit must be a positive int"):
-        trilib.solve(random_system([2, 2], upper=True), "recursive_doubling", memory_limit=bad)
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-5, ValueError), (1.5, TypeError),
+                                        ("1GB", TypeError), (True, TypeError)])
+def test_memory_limit_follows_the_config_rule(bad, error, monkeypatch):
+    """One rule for ``solve(..., memory_limit=)`` and ``trilib.config.memory_limit_bytes``: the
+    same exception for the same bad value, and any integer type (numpy's too) accepted."""
+    system = random_system([2, 2], upper=True)
+    with pytest.raises(error, match="memory_limit must be a positive int"):
+        trilib.solve(system, "recursive_doubling", memory_limit=bad)
+    with pytest.raises(error, match="memory_limit_bytes must be a positive int"):
+        trilib.config.memory_limit_bytes = bad
+    trilib.solve(system, "recursive_doubling", memory_limit=np.int64(10**6))
+    monkeypatch.setattr(trilib.config, "memory_limit_bytes", np.int64(10**6))
+    trilib.solve(system, "recursive_doubling")
 
 
 def test_unknown_option_is_rejected():
@@ -208,17 +254,23 @@ def test_unknown_option_is_rejected():
 def test_tree_plots_draw_from_the_trace():
     import matplotlib
     matplotlib.use("Agg")
+    from matplotlib.colors import same_color
+
     from trilib.viz import plot_counts, plot_tree, tree_trace
 
     for method in METHODS:
         trace = tree_trace(method, 9)
         ax = plot_tree(trace, k=9, step=1)
-        assert len(ax.lines) > 0
-        assert method in ax.get_title()
+        # one segment per combine, from source to target; step 1's in red, nothing else in red
+        hot = sorted((int(line.get_xdata()[1]), int(line.get_xdata()[0])) for line in ax.lines
+                     if same_color(line.get_color(), "C3"))
+        assert hot == sorted(trace.combines[1]), method
+        assert len(ax.lines) >= trace.work and method in ax.get_title()
     with pytest.raises(ValueError, match="step"):
         plot_tree(tree_trace("blelloch", 9), k=9, step=99)
     fig = plot_counts([*METHODS, "sequential"], ks=range(2, 20))
-    assert len(fig.axes) == 2
+    steps_ax = fig.axes[0]
+    assert len(fig.axes) == 2 and len(steps_ax.lines) >= len(METHODS) + 1
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
@@ -229,3 +281,28 @@ def test_tree_trace_rejects_bad_k(bad):
         tree_trace("blelloch", bad)
     with pytest.raises(ValueError, match="unknown method"):
         tree_trace("bogus", 4)
+
+
+def test_no_host_sync_in_the_nested_grid_solve():
+    """The RNN grid's direct method (cyclic reduction over layers, time scans inside) too."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(2, 3, num_layers=3, dtype=torch.float64)
+    system = trilib.backward_system(rnn, torch.randn(5, 2, 2, dtype=torch.float64), lambda o: o[0].sum())
+    assert "nested" in trilib.methods(system, family="direct")
+    with HostSyncForbidden():
+        v = trilib.solve(system, "nested")
+    assert rel(torch.cat(list(v), dim=1), dense_solution(system)) < 1e-12
+
+
+def test_torchs_generic_associative_scan_is_behind_a_version_check(monkeypatch):
+    """trilib needs torch >= 2.4; the benchmark peer ``associative_scan(..., combine_mode=
+    "generic")`` needs a newer torch and says so instead of failing inside torch."""
+    from torch.torch_version import TorchVersion
+
+    from trilib.bench.peers import SCAN_TORCH, associative_scan_solve
+
+    system = random_system([3] * 5, upper=True)
+    assert rel(torch.cat(list(associative_scan_solve(system)), dim=1), dense_solution(system)) < 1e-12
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.5.1"))
+    with pytest.raises(RuntimeError, match=f"needs torch >= {SCAN_TORCH} \\(this is 2.5.1\\)"):
+        associative_scan_solve(system)

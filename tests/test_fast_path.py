@@ -105,13 +105,13 @@ def test_return_trace_false_builds_no_trace(method, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a trace was built although none was asked for")
 
-    import trilib.solvers._affine as affine
+    import trilib.solvers._direct as direct
     import trilib.solvers._registry as registry
 
     U = mlp_system(37)
     expected = trilib.solve(U, method)
     monkeypatch.setattr(registry, "Trace", refuse)
-    monkeypatch.setattr(affine, "StridedPairs", refuse)
+    monkeypatch.setattr(direct, "StridedPairs", refuse)
     monkeypatch.setattr(Trace, "add_step", refuse)
     got = trilib.solve(U, method)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))

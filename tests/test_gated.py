@@ -7,6 +7,9 @@ import warnings
 import pytest
 import torch
 from conftest import autograd_grads, rel
+from conftest import make_recurrent as make
+from conftest import module_outputs as flat
+from conftest import recurrent_loss as loss_fn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_architecture import FOUNDATION, MODULES, imports
@@ -23,30 +26,6 @@ DT = torch.float64
 GATED = {"GRU": nn.GRU, "LSTM": nn.LSTM}
 
 
-def make(kind="GRU", k=2, tau=5, n_in=3, n=4, batch=2, batch_first=False, bias=True, with_h0=False,
-         seed=0, scale=1.0, nonlinearity="tanh", dtype=DT):
-    torch.manual_seed(seed)
-    extra = {"nonlinearity": nonlinearity} if kind == "RNN" else {}
-    module = getattr(nn, kind)(n_in, n, num_layers=k, bias=bias, batch_first=batch_first, dtype=dtype,
-                               **extra)
-    if scale != 1.0:
-        with torch.no_grad():
-            for p in module.parameters():
-                p.mul_(scale)
-    x = torch.randn(*((batch, tau) if batch_first else (tau, batch)), n_in, dtype=dtype)
-    if not with_h0:
-        return module, x
-    h0 = torch.randn(k, batch, n, dtype=dtype)
-    return module, (x, (h0, torch.randn_like(h0)) if kind == "LSTM" else h0)
-
-
-def loss_fn(out):
-    output, hidden = out
-    if isinstance(hidden, tuple):                       # LSTM: (h_n, c_n)
-        return output.sin().sum() + 0.5 * hidden[0].square().sum() + hidden[1].cos().sum()
-    return output.sin().sum() + 0.5 * hidden.square().sum()
-
-
 def max_rel(grads, ref):
     assert list(grads) == list(ref)
     return max(rel(grads[name], ref[name]) for name in ref)
@@ -55,11 +34,6 @@ def max_rel(grads, ref):
 def call(module, inputs):
     with torch.no_grad():
         return module(*(inputs if isinstance(inputs, tuple) else (inputs,)))
-
-
-def flat(out):
-    output, hidden = out
-    return [output, *hidden] if isinstance(hidden, tuple) else [output, hidden]
 
 
 # -- the cells ------------------------------------------------------------------------------------

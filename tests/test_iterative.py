@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import deep_tanh_float32, dense_solution, linear_stack, random_system, rel
+from conftest import cat_blocks, deep_tanh_float32, dense_solution, linear_stack, random_system, rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -23,12 +23,8 @@ LINEAR_METHODS = trilib.methods(trilib.BlockBidiagonalSystem, family="iterative"
 stack = partial(linear_stack, widths=(3, 5, 4, 6, 4, 2))
 
 
-def loss_fn(out):
+def weighted_loss(out):
     return (out.sin() * torch.arange(1, out.shape[1] + 1, dtype=out.dtype)).sum()
-
-
-def flat(u):
-    return torch.cat(list(u), dim=1)
 
 
 OPTIONS = [("jacobi", {}), ("block_jacobi", {"p": 1}), ("block_jacobi", {"p": 2}), ("block_jacobi", {"p": 3}),
@@ -49,7 +45,7 @@ def sweep_bound(method, options, k):
 def test_backward_exact_within_bound_every_activation(act):
     net = stack(act)
     x = torch.randn(4, 3, dtype=F64)
-    U = trilib.backward_system(net, x, loss_fn)
+    U = trilib.backward_system(net, x, weighted_loss)
     oracle = dense_solution(U)
     for method, options in OPTIONS:
         v, trace = trilib.solve(U, method, return_trace=True, **options)
@@ -57,7 +53,7 @@ def test_backward_exact_within_bound_every_activation(act):
         assert len(trace.residuals) == trace.steps
         assert trace.info["converged"]
         assert trace.residuals[-1] <= 1e-14
-        assert rel(flat(v), oracle) <= 1e-12, (method, options)
+        assert rel(cat_blocks(v), oracle) <= 1e-12, (method, options)
 
 
 @pytest.mark.parametrize("act", [None, *ELEMENTWISE], ids=lambda a: "linear" if a is None else a.__name__)
@@ -65,10 +61,10 @@ def test_gradients_equal_autograd_every_activation(act):
     net = stack(act, seed=1)
     x = torch.randn(4, 3, dtype=F64)
     net.zero_grad()
-    loss_fn(net(x)).backward()
+    weighted_loss(net(x)).backward()
     expected = {n: p.grad.clone() for n, p in net.named_parameters()}
     for method, options in OPTIONS:
-        grads = trilib.gradients(net, x, loss_fn, method=method, **options)
+        grads = trilib.gradients(net, x, weighted_loss, method=method, **options)
         for n, g in grads.items():
             assert torch.allclose(g, expected[n], rtol=1e-12, atol=1e-13), (method, options, n)
 
@@ -77,7 +73,7 @@ def test_newton_default_linear_method_on_linear_systems():
     U = random_system([3, 4, 2, 5, 3], upper=True)
     v, trace = trilib.solve(U, "newton", return_trace=True)
     assert trace.info["linear_traces"][0].method == "recursive_doubling"
-    assert rel(flat(v), dense_solution(U)) <= 1e-12
+    assert rel(cat_blocks(v), dense_solution(U)) <= 1e-12
     assert trace.info["stopped"] in ("fixed point", "rounding level") and trace.steps < U.k
 
 
@@ -87,7 +83,7 @@ def test_random_upper_and_lower_systems(upper, method, options):
     U = random_system([2, 5, 1, 4, 3, 3, 6], upper=upper)
     v, trace = trilib.solve(U, method, return_trace=True, **options)
     assert trace.steps <= sweep_bound(method, options, U.k)
-    assert rel(flat(v), dense_solution(U)) <= 1e-12
+    assert rel(cat_blocks(v), dense_solution(U)) <= 1e-12
 
 
 @settings(max_examples=15, deadline=None)
@@ -98,7 +94,7 @@ def test_block_jacobi_exact_after_p_sweeps_hypothesis(sizes, upper, p, seed):
     p = min(p, U.k)
     v, trace = trilib.solve(U, "block_jacobi", p=p, return_trace=True)
     assert trace.steps <= p and trace.residuals[-1] <= 1e-14
-    assert rel(flat(v), dense_solution(U)) <= 1e-12
+    assert rel(cat_blocks(v), dense_solution(U)) <= 1e-12
     v, trace = trilib.solve(U, "jacobi", tol=0.0, return_trace=True)
     assert trace.steps <= U.k and trace.residuals[-1] == 0.0
 
@@ -137,7 +133,7 @@ def test_gauss_seidel_reverse_equals_jacobi_iterates():
 
 def test_loose_tolerance_stops_early():
     net = trilib.nets.mlp([4] + [6] * 12, activation="tanh", seed=0, weight_scale=0.2, dtype=F64)
-    U = trilib.backward_system(net, torch.randn(3, 4, dtype=F64), loss_fn)
+    U = trilib.backward_system(net, torch.randn(3, 4, dtype=F64), weighted_loss)
     _, trace = trilib.solve(U, "jacobi", tol=1e-3, return_trace=True)
     assert trace.steps < U.k and trace.residuals[-1] <= 1e-3 and trace.info["converged"]
 
@@ -163,7 +159,7 @@ def test_default_runs_to_the_exact_answer_in_float32():
         v, trace = trilib.solve(U, method, return_trace=True, **options)
         assert trace.info["converged"] and trace.info["stopped"] in ("fixed point", "exact count")
         assert trace.steps <= sweep_bound(method, options, U.k) and v[0].dtype == torch.float32
-        assert rel(flat(v), flat(ref)) <= 1e-5, (method, options)
+        assert rel(cat_blocks(v), cat_blocks(ref)) <= 1e-5, (method, options)
 
 
 def test_tol_bounds_the_residual_not_the_error():
@@ -251,10 +247,10 @@ def test_jacobi_on_graph_system():
     graph = trilib.graph
     net = graph.resnet_mlp(width=4, blocks=2, seed=0, dtype=F64)
     x = torch.randn(3, 4, dtype=F64)
-    U = trilib.backward_system(net, x, loss_fn)
+    U = trilib.backward_system(net, x, weighted_loss)
     v, trace = trilib.solve(U, "jacobi", return_trace=True)
     assert trace.steps <= U.k and trace.combines[0]
-    assert rel(flat(v), dense_solution(U)) <= 1e-12
+    assert rel(cat_blocks(v), dense_solution(U)) <= 1e-12
 
 
 def test_jacobi_on_rnn_system():
@@ -266,7 +262,7 @@ def test_jacobi_on_rnn_system():
         pytest.skip("no RNN system builder")
     v, trace = trilib.solve(U, "jacobi", return_trace=True)
     assert trace.steps <= U.k
-    assert rel(flat(v), dense_solution(U)) <= 1e-12
+    assert rel(cat_blocks(v), dense_solution(U)) <= 1e-12
 
 
 # -- argument errors --------------------------------------------------------------------------------
@@ -316,4 +312,4 @@ def test_cuda_matches_cpu(method, options):
                                       [r.cuda() for r in U.rhs], upper=True)
     gpu = trilib.solve(Ug, method, **options)
     assert gpu[0].is_cuda
-    assert rel(flat(gpu).cpu(), flat(cpu)) <= 1e-12
+    assert rel(cat_blocks(gpu).cpu(), cat_blocks(cpu)) <= 1e-12

@@ -22,8 +22,11 @@ def test_readme_example_runs():
         assert p.grad is not None and p.grad.shape == scope["grads"][name].shape
 
 
-def test_readme_shows_both_commands_and_every_notebook():
+def test_readme_shows_both_commands_and_every_notebook_once():
+    """The notebook map has exactly one row per notebook, in the course's order: a missing,
+    duplicated or unknown row fails."""
     text = README.read_text()
     assert "make lab" in text and "make test" in text
-    for nb in sorted((README.parent / "notebooks").glob("*.ipynb")):
-        assert f"notebooks/{nb.name}" in text, f"README's notebook map misses {nb.name}"
+    rows = re.findall(r"^\| \[[^\]]*\]\(notebooks/([^)]+\.ipynb)\) \|", text, re.M)
+    notebooks = sorted(nb.name for nb in (README.parent / "notebooks").glob("*.ipynb"))
+    assert rows == notebooks, f"README's notebook map rows {rows} != the notebooks {notebooks}"

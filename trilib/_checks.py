@@ -7,6 +7,7 @@ estimate first.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -37,14 +38,53 @@ class UnsupportedLayerError(TypeError):
     """A model contains a layer that the chosen system builder cannot express."""
 
 
+def check_int(name: str, value: object, low: int, high: int | None = None, *,
+              error: type[Exception] = ValueError, span: str | None = None) -> int:
+    """The one int-not-bool argument check of trilib: ``value`` must be an integer
+    (``numbers.Integral``, numpy's too, never ``bool``) with ``low <= value <= high``.
+
+    Raises ``error`` (default ``ValueError``) naming the argument: ``"{name} must be an int
+    {span}, got {value!r}"`` (``span`` defaults to ``">= low"`` or ``"in [low, high]"``).
+    Returns ``int(value)``.
+
+    Example:
+        >>> check_int("steps", 3, 1)
+        3
+        >>> check_int("steps", True, 1)
+        Traceback (most recent call last):
+        ValueError: steps must be an int >= 1, got True
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
+        span = span or (f">= {low}" if high is None else f"in [{low}, {high}]")
+        raise error(f"{name} must be an int {span}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value: object, *, positive: bool = False, finite: bool = False,
+                 what: str = "") -> float:
+    """A real number (never ``bool``) ``>= 0`` (``> 0`` with ``positive``; not infinite with
+    ``finite``): ``ValueError`` naming the argument (or saying ``what``) otherwise. Returns
+    ``float(value)``."""
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+          and (value > 0 if positive else value >= 0) and (not finite or math.isfinite(value)))
+    if not ok:
+        raise ValueError(what or f"{name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
 class MemoryLimitError(MemoryError):
     """An operation would allocate more than ``trilib.config.memory_limit_bytes``."""
 
 
-def _check_limit(value: object) -> int | None:
+def check_limit(value: object, name: str = "trilib.config.memory_limit_bytes") -> int | None:
+    """The one memory-limit rule, for ``trilib.config.memory_limit_bytes`` and every
+    ``memory_limit=`` argument: ``None`` (no limit) or a positive integer number of bytes (any
+    ``numbers.Integral`` but ``bool``); ``TypeError`` for anything else, ``ValueError`` for
+    zero or a negative number."""
     if value is None:
         return None
-    what = ("trilib.config.memory_limit_bytes must be a positive int (bytes), or None for no limit; "
+    what = (f"{name} must be a positive int (bytes), or None for no limit; "
             f"got {value!r}. Write e.g. 8 << 30 for 8 GiB, or int(8e9)")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(what)
@@ -78,7 +118,7 @@ class Config:
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "memory_limit_bytes":
-            value = _check_limit(value)
+            value = check_limit(value)
         elif not hasattr(self, name):
             raise AttributeError(f"trilib.config has no setting {name!r}; settings: memory_limit_bytes")
         super().__setattr__(name, value)
@@ -95,13 +135,18 @@ def _human(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def check_memory(nbytes: int, what: str, suggestion: str) -> None:
-    """Raise :class:`MemoryLimitError` if ``nbytes`` exceeds the configured limit (none if None)."""
-    limit = config.memory_limit_bytes
+def check_memory(nbytes: int, what: str, suggestion: str, limit: object = None) -> None:
+    """Raise :class:`MemoryLimitError` if ``nbytes`` exceeds the limit: ``limit`` (a
+    ``memory_limit=`` argument, checked by :func:`check_limit`) when given, else
+    ``trilib.config.memory_limit_bytes`` (none if None)."""
+    name = "trilib.config.memory_limit_bytes"
+    if limit is None:
+        limit = config.memory_limit_bytes
+    else:
+        limit, name = check_limit(limit, "memory_limit"), "memory_limit"
     if limit is not None and nbytes > limit:
         raise MemoryLimitError(
-            f"{what} would need about {_human(nbytes)}, above trilib.config.memory_limit_bytes "
-            f"= {_human(limit)}. {suggestion}"
+            f"{what} would need about {_human(nbytes)}, above {name} = {_human(limit)}. {suggestion}"
         )
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ._checks import check_int
+
 __all__ = ["ceil_log2", "norm", "rel_error", "runs_of"]
 
 
@@ -17,9 +19,45 @@ def ceil_log2(k: int) -> int:
         >>> [ceil_log2(k) for k in (1, 2, 3, 4, 5, 1024, 1025)]
         [0, 1, 2, 2, 3, 10, 11]
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"ceil_log2 needs an int k >= 1, got {k!r}")
-    return (k - 1).bit_length()
+    return (check_int("k", k, 1) - 1).bit_length()
+
+
+def rnn_cell(xp: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None,
+             relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cell of ``nn.RNN``, the one both RNN paths use (the backward builder
+    :mod:`trilib.rnn` and the forward cells of :mod:`trilib.gated`): ``y = xp + W_hh h + b_hh``
+    (``xp = W_ih x + b_ih``, projected once per layer), ``h' = f(y)`` with f = tanh or relu.
+    Returns ``(h', f'(y))``; batched over leading dimensions.
+
+    Example:
+        >>> h, d = rnn_cell(torch.zeros(1, 2), torch.ones(1, 2), torch.eye(2), None, relu=True)
+        >>> h.tolist(), d.tolist()
+        ([[1.0, 1.0]], [[1.0, 1.0]])
+    """
+    y = xp + h @ w_hh.t()
+    if b_hh is not None:
+        y = y + b_hh
+    if relu:
+        return torch.relu(y), (y > 0).to(y.dtype)
+    h = torch.tanh(y)
+    return h, 1 - h * h
+
+
+def slabs(k: int, P: int) -> list[range]:
+    """The one convention for splitting rows (layers) ``0..k-1`` over ``P`` devices: contiguous
+    slabs whose sizes differ by at most one, the larger ones first (``numpy.array_split``'s
+    rule). Block Jacobi's blocks, :func:`trilib.schedule.simulate` and the ranks of
+    :mod:`trilib.distributed` all split this way.
+
+    Example:
+        >>> [list(s) for s in slabs(7, 3)]
+        [[0, 1, 2], [3, 4], [5, 6]]
+    """
+    check_int("k", k, 1)
+    check_int("P", P, 1, k, span=f"from 1 to k = {k} (every slab holds a row)")
+    base, extra = divmod(k, P)
+    starts = [d * base + min(d, extra) for d in range(P + 1)]
+    return [range(a, b) for a, b in zip(starts, starts[1:])]
 
 
 def norm(blocks: Sequence[torch.Tensor]) -> float:

@@ -36,6 +36,7 @@ from torch import nn
 
 from ._autograd import loss_gradients
 from ._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches, recurrent_input
+from ._numerics import rnn_cell
 from .systems import BackwardProblem, RNNSystem
 
 __all__ = ["RNNRecord", "RNNClassifier", "record_forward", "backward_problem", "classifier_problem"]
@@ -133,13 +134,12 @@ def record_forward(rnn: nn.RNN, inputs) -> RNNRecord:
             w_ih, w_hh, b_ih, b_hh = _weights(rnn, l)
             proj = inp @ w_ih.t()
             if b_ih is not None:
-                proj = proj + b_ih + b_hh
+                proj = proj + b_ih
             h, h_l, d_l = h0[l], [], []
             for t in range(x.shape[0]):
-                y = proj[t] + h @ w_hh.t()
-                h = torch.relu(y) if relu else torch.tanh(y)
+                h, d = rnn_cell(proj[t], h, w_hh, b_hh, relu)
                 h_l.append(h)
-                d_l.append((y > 0).to(y.dtype) if relu else 1 - h * h)
+                d_l.append(d)
             inp = torch.stack(h_l)
             hs.append(inp)
             ds.append(torch.stack(d_l))

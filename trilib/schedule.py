@@ -3,8 +3,10 @@ devices with m micro-batches.
 
 Cost model (kept deliberately simple, so every count has a closed form):
 
-* layers are split into P contiguous slabs of ``b = k / P`` layers (P must divide k); device
-  ``d`` owns slab ``d``;
+* layers are split into P contiguous slabs (any ``P <= k``) by :func:`trilib._numerics.slabs`,
+  the convention of block Jacobi and of :mod:`trilib.distributed`: sizes ``b_d`` differ by at
+  most one, the larger first; ``b = ⌈k / P⌉`` is the largest, ``b_last`` the last slab's size
+  (``b_last = b = k / P`` when P divides k); device ``d`` owns slab ``d``;
 * one **time unit** is one block operation (a layer evaluation, or one combine of a direct
   solver) on one micro-batch; a device does one at a time;
 * a **message** carries one micro-batch's boundary value from one device to another and takes
@@ -16,8 +18,8 @@ Schedules (for one solve of each of the m micro-batches):
 method                    steps (makespan T)              messages                 idle (P T - work)
 ========================  ==============================  =======================  ==============
 ``"sequential"``          ``m k``                         ``m (P - 1)``            ``m k (P - 1)``
-``"jacobi"``              ``b (k + m - 1)``               ``m (P - 1)``            ``k (k - 1)``
-``"block_jacobi"``        ``b (P + m - 1)``               ``m (P - 1)``            ``k (P - 1)``
+``"jacobi"``              ``b (k + m - 2) + b_last``      ``m (P - 1)``            ``P T - m k``
+``"block_jacobi"``        ``b (P + m - 2) + b_last``      ``m (P - 1)``            ``P T - m k``
 ``"tree"``                ``m (2 b + R)``, P > 1          ``m (P R - 2^R + 1)``    ``P T - work``
 ========================  ==============================  =======================  ==============
 
@@ -30,15 +32,16 @@ device ``d`` substitutes through its slab for micro-batch ``s - d``. ``"tree"``:
 solver across devices: every device scans its slab into affine maps (``b`` units per
 micro-batch), R rounds of recursive doubling over the devices' slab maps (device ``d >= 2^r``
 combines the map received from ``d - 2^r``), then every device but the first applies its
-incoming value to its b rows.
+incoming value to its rows. With uneven slabs the tree's makespan is
+``m (b + R) + (m - 1) b + b_1`` (``b_1``: device 1's slab), ``m (2 b + R)`` when P divides k.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._checks import check_memory
-from ._numerics import ceil_log2
+from ._checks import check_int, check_memory
+from ._numerics import ceil_log2, slabs
 
 __all__ = ["Task", "Message", "Schedule", "METHODS", "simulate", "closed_form"]
 
@@ -120,17 +123,14 @@ class Schedule:
                 "work": self.work, "rounds": self.rounds}
 
 
-def _check(method: str, k: int, P: int, m: int) -> int:
+def _check(method: str, k: int, P: int, m: int) -> list[range]:
+    """The slabs of ``k`` layers over ``P`` devices, after checking every argument."""
     if method not in METHODS:
         raise ValueError(f"unknown schedule {method!r}; valid schedules are: {', '.join(METHODS)}")
     for name, value in (("k", k), ("P", P), ("m", m)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if P > k or k % P:
-        raise ValueError(f"P must divide k (each device owns k / P layers), got k={k}, P={P}")
-    return k // P
-
-
+        check_int(name, value, 1)
+    check_int("P", P, 1, k, span=f"from 1 to k = {k} (each device owns at least one layer)")
+    return slabs(k, P)
 
 
 def simulate(method: str, k: int, P: int, m: int = 1) -> Schedule:
@@ -138,7 +138,8 @@ def simulate(method: str, k: int, P: int, m: int = 1) -> Schedule:
 
     Args:
         method: one of :data:`METHODS`.
-        k: layers (block rows); P: devices (must divide k); m: micro-batches.
+        k: layers (block rows); P: devices (any ``P <= k``, split by
+            :func:`trilib._numerics.slabs`); m: micro-batches.
 
     Returns:
         A :class:`Schedule` (tasks, messages, and the counts ``steps``, ``idle``, ``work``).
@@ -148,65 +149,92 @@ def simulate(method: str, k: int, P: int, m: int = 1) -> Schedule:
         >>> simulate("block_jacobi", k=8, P=4, m=3).summary()
         {'steps': 12, 'messages': 9, 'idle': 24, 'work': 24, 'rounds': 5}
     """
-    b = _check(method, k, P, m)
+    parts = _check(method, k, P, m)
     check_memory(64 * k * m * (2 * P), f"a schedule with about {k * m * 2 * P} tasks",
                  "Use smaller k, P or m.")
-    owner = [l // b for l in range(k)]
     sched = Schedule(method, k, P, m)
-    tasks, messages = sched.tasks, sched.messages
+    _LAYOUTS[method](sched, parts)
+    return sched
 
-    def send(l: int, time: int, j: int) -> None:
+
+class _Layout:
+    """What every layout needs: the slabs, the owner of each layer, the unit length ``b`` of a
+    device's turn (its largest slab), and the message a layer's output causes."""
+
+    def __init__(self, sched: Schedule, parts: list[range]):
+        self.sched, self.parts, self.b = sched, parts, max(map(len, parts))
+        self.owner = [d for d, part in enumerate(parts) for _ in part]
+
+    def task(self, device: int, start: int, j: int, layer: int, kind: str = "layer") -> None:
+        self.sched.tasks.append(Task(device, start, j, layer, kind))
+
+    def send(self, l: int, time: int, j: int) -> None:
         """Layer l's output for micro-batch j leaves its device at ``time`` if layer l + 1
         lives elsewhere."""
-        if l + 1 < k and owner[l + 1] != owner[l]:
-            messages.append(Message(owner[l], owner[l + 1], time, j))
+        if l + 1 < self.sched.k and self.owner[l + 1] != self.owner[l]:
+            self.sched.messages.append(Message(self.owner[l], self.owner[l + 1], time, j))
 
-    if method == "sequential":
+
+def _sequential(sched: Schedule, parts: list[range]) -> None:
+    """One micro-batch at a time through all layers."""
+    lay, k = _Layout(sched, parts), sched.k
+    for j in range(sched.m):
+        for l in range(k):
+            lay.task(lay.owner[l], j * k + l, j, l)
+            lay.send(l, j * k + l + 1, j)
+    sched.sweeps = sched.m * k
+
+
+def _jacobi(sched: Schedule, parts: list[range]) -> None:
+    """Sweep ``s``: layer ``l`` on micro-batch ``s - l``, at the device's ``(l - lo)``-th unit."""
+    lay, k, m = _Layout(sched, parts), sched.k, sched.m
+    sched.sweeps = k + m - 1
+    for s in range(k + m - 1):
+        for l in range(k):
+            j = s - l
+            if 0 <= j < m:
+                d = lay.owner[l]
+                lay.task(d, s * lay.b + l - parts[d].start, j, l)
+                lay.send(l, (s + 1) * lay.b, j)
+
+
+def _block_jacobi(sched: Schedule, parts: list[range]) -> None:
+    """Sweep ``s``: device ``d`` substitutes through its slab for micro-batch ``s - d``."""
+    lay, P, m = _Layout(sched, parts), sched.P, sched.m
+    sched.sweeps = P + m - 1
+    for s in range(P + m - 1):
+        for d, part in enumerate(parts):
+            j = s - d
+            if 0 <= j < m:
+                for i, l in enumerate(part):
+                    lay.task(d, s * lay.b + i, j, l)
+                lay.send(part[-1], (s + 1) * lay.b, j)
+
+
+def _tree(sched: Schedule, parts: list[range]) -> None:
+    """Scan every slab, recursive doubling over the devices, apply the incoming values."""
+    lay, P, m, b = _Layout(sched, parts), sched.P, sched.m, max(map(len, parts))
+    R = ceil_log2(P)
+    for d, part in enumerate(parts):                # phase 1: scan the slab, b units per micro-batch
         for j in range(m):
-            for l in range(k):
-                t = j * k + l
-                tasks.append(Task(owner[l], t, j, l))
-                send(l, t + 1, j)
-        sched.sweeps = m * k
-    elif method == "jacobi":
-        sched.sweeps = k + m - 1
-        for s in range(k + m - 1):                      # sweep s: layer l on micro-batch s - l
-            for l in range(k):
-                j = s - l
-                if 0 <= j < m:
-                    t = s * b + l % b                   # the device's l % b-th unit of sweep s
-                    tasks.append(Task(owner[l], t, j, l))
-                    send(l, (s + 1) * b, j)
-    elif method == "block_jacobi":
-        sched.sweeps = P + m - 1
-        for s in range(P + m - 1):                      # sweep s: device d on micro-batch s - d
-            for d in range(P):
-                j = s - d
-                if 0 <= j < m:
-                    for i in range(b):
-                        tasks.append(Task(d, s * b + i, j, d * b + i))
-                    send(d * b + b - 1, (s + 1) * b, j)
-    else:                                               # tree
-        R = ceil_log2(P)
-        for d in range(P):                              # phase 1: scan the slab, b units per micro-batch
+            for i, l in enumerate(part):
+                lay.task(d, j * b + i, j, l)
+    t0 = m * b
+    for r in range(R):                              # phase 2: recursive doubling over devices
+        dist = 2 ** r
+        for d in range(dist, P):
             for j in range(m):
-                for i in range(b):
-                    tasks.append(Task(d, j * b + i, j, d * b + i, "layer"))
-        t0 = m * b
-        for r in range(R):                              # phase 2: recursive doubling over devices
-            dist = 2 ** r
-            for d in range(dist, P):
-                for j in range(m):
-                    messages.append(Message(d - dist, d, t0 + j, j))
-                    tasks.append(Task(d, t0 + j, j, d * b, "combine"))
-            t0 += m
-        if P > 1:                                       # phase 3: apply the incoming value
-            for d in range(1, P):
-                for j in range(m):
-                    for i in range(b):
-                        tasks.append(Task(d, t0 + j * b + i, j, d * b + i, "apply"))
-        sched.sweeps = R
-    return sched
+                sched.messages.append(Message(d - dist, d, t0 + j, j))
+                lay.task(d, t0 + j, j, parts[d].start, "combine")
+        t0 += m
+    for d, part in enumerate(parts[1:], start=1):   # phase 3: apply the incoming value
+        for j in range(m):
+            for i, l in enumerate(part):
+                lay.task(d, t0 + j * b + i, j, l, "apply")
+    sched.sweeps = R
+
+
+_LAYOUTS = {"sequential": _sequential, "jacobi": _jacobi, "block_jacobi": _block_jacobi, "tree": _tree}
 
 
 def closed_form(method: str, k: int, P: int, m: int = 1) -> dict:
@@ -219,17 +247,19 @@ def closed_form(method: str, k: int, P: int, m: int = 1) -> dict:
         >>> closed_form("jacobi", k=8, P=8, m=4)
         {'steps': 11, 'messages': 28, 'idle': 56, 'work': 32}
     """
-    b = _check(method, k, P, m)
+    parts = _check(method, k, P, m)
+    b, last = len(parts[0]), len(parts[-1])         # the largest slab and the last one
     if method == "sequential":
         steps, messages, work = m * k, m * (P - 1), m * k
     elif method == "jacobi":
-        steps, messages, work = b * (k + m - 1), m * (P - 1), m * k
+        steps, messages, work = b * (k + m - 2) + last, m * (P - 1), m * k
     elif method == "block_jacobi":
-        steps, messages, work = b * (P + m - 1), m * (P - 1), m * k
+        steps, messages, work = b * (P + m - 2) + last, m * (P - 1), m * k
     else:
         R = ceil_log2(P)
         senders = P * R - 2 ** R + 1                    # Σ_{r<R} (P - 2^r)
-        steps = m * (2 * b + R) if P > 1 else m * b
+        applied = len(parts[1]) if P > 1 else 0         # the largest slab of the devices d >= 1
+        steps = m * (b + R) + (m - 1) * b + applied if P > 1 else m * b
         messages = m * senders
-        work = P * m * b + m * senders + (P - 1) * m * b
+        work = m * k + m * senders + m * (k - b)
     return {"steps": steps, "messages": messages, "idle": P * steps - work, "work": work}

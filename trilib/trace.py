@@ -138,10 +138,6 @@ class Trace:
                 self._combines[s] = pairs.expand()
         return self._combines
 
-    @combines.setter
-    def combines(self, value) -> None:
-        self._combines = list(value)
-
     def __repr__(self) -> str:
         extra = f", sweeps_residual={self.residuals[-1]:.2e}" if self.residuals else ""
         return f"Trace(method={self.method!r}, steps={self.steps}, work={self.work}{extra})"

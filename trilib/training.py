@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ._checks import check_int
 from .api import backward_problem
 from .solvers import check_method, solve
 
@@ -93,8 +94,7 @@ def fit(model: nn.Module, loss_fn: Callable, data, method: str = "sequential", s
     """
     if method != AUTOGRAD:
         check_method(method)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    check_int("steps", steps, 1)
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"data must be a pair (x, y) of tensors, got {type(data).__name__}")
     x, y = data

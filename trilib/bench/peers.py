@@ -20,6 +20,9 @@ JAX_SCAN = "jax.associative_scan"
 JAX_SEQUENTIAL = "jax.scan"
 JAX_METHODS = (JAX_SCAN, JAX_SEQUENTIAL)
 _INSTALL = "pip install trilib[bench]"
+#: The oldest torch whose ``associative_scan`` has ``combine_mode="generic"`` (trilib itself
+#: needs torch >= 2.4, see pyproject.toml).
+SCAN_TORCH = "2.6"
 
 
 def scan_applies(system) -> bool:
@@ -64,6 +67,10 @@ def associative_scan_solve(system: BlockBidiagonalSystem) -> list[torch.Tensor]:
         >>> all(torch.allclose(a, b) for a, b in zip(v, trilib.solve(U)))
         True
     """
+    if torch.__version__ < SCAN_TORCH:
+        raise RuntimeError(f"associative_scan(..., combine_mode='generic') needs torch >= {SCAN_TORCH} "
+                           f"(this is {torch.__version__}); upgrade torch, or leave 'associative_scan' "
+                           "out of --methods")
     from torch._higher_order_ops import associative_scan
 
     a, c = _stacked(system)

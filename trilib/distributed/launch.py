@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
-import socket
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._checks import check_int, check_number
 from ..bench.tables import cell, text_table
 from .model import make_loss, parse_mlp, slab_bounds
 from .processes import DistributedError, launch
@@ -42,7 +41,6 @@ class DistributedResult:
     slabs: tuple[tuple[int, ...], ...]
     backend: str = "gloo"
     microbatches: int = 1
-    extra: dict = field(default_factory=dict, repr=False)
 
     @property
     def makespan(self) -> float:
@@ -65,12 +63,6 @@ class DistributedResult:
         return text_table([name for name, _, _ in columns], body, left=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check_args(model, x, world_size, schedules, backend, microbatches, timeout_s, warmup):
     """Every argument of :func:`run`, before any process starts; returns the parsed layers."""
     layers = parse_mlp(model)
@@ -82,9 +74,8 @@ def check_args(model, x, world_size, schedules, backend, microbatches, timeout_s
         raise ValueError(f"x has {x.shape[1]} features but the first Linear expects {layers[0].n_in}")
     if x.dtype != layers[0].weight.dtype:
         raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {layers[0].weight.dtype}")
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or not 1 <= world_size <= k:
-        raise ValueError(f"world_size must be an int from 1 to the number of layers k={k} "
-                         f"(each rank owns at least one layer), got {world_size!r}")
+    check_int("world_size", world_size, 1, k,
+              span=f"from 1 to the number of layers k={k} (each rank owns at least one layer)")
     if len(set(schedules)) != len(schedules):
         raise ValueError(f"schedule lists a schedule twice: {list(schedules)}")
     for name in schedules:
@@ -94,18 +85,13 @@ def check_args(model, x, world_size, schedules, backend, microbatches, timeout_s
         raise ValueError(f"unknown backend {backend!r}; valid backends are: {', '.join(BACKENDS)}")
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend='nccl' needs CUDA GPUs; use backend='gloo' on CPUs")
-    if isinstance(microbatches, bool) or not isinstance(microbatches, int) \
-            or not 1 <= microbatches <= x.shape[0]:
-        raise ValueError(f"microbatches must be an int from 1 to the batch size {x.shape[0]}, "
-                         f"got {microbatches!r}")
+    check_int("microbatches", microbatches, 1, x.shape[0], span=f"from 1 to the batch size {x.shape[0]}")
     if microbatches > 1 and "pipeline" not in schedules:
         raise ValueError(f"microbatches={microbatches} applies to the 'pipeline' schedule only, "
                          f"got schedule(s) {list(schedules)}")
-    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) \
-            or not math.isfinite(timeout_s) or timeout_s <= 0:
-        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    check_number("timeout_s", timeout_s, positive=True, finite=True,
+                 what=f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    check_int("warmup", warmup, 0)
     return layers
 
 
@@ -115,8 +101,8 @@ def run(model: nn.Module, x: torch.Tensor, loss_fn, world_size: int, schedule="t
     """Backward propagation of an MLP whose layers are spread over ``world_size`` processes.
 
     Starts ``world_size`` fresh Python processes (see :mod:`trilib.distributed.processes`; they
-    rendezvous on 127.0.0.1 and a free port and talk through ``torch.distributed`` only) and
-    waits for them.
+    meet in a file store in the run's private temporary folder, so no port can be taken by
+    another process in between, and talk through ``torch.distributed`` only) and waits for them.
 
     Args:
         model: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations; rank d owns the
@@ -157,10 +143,12 @@ def run(model: nn.Module, x: torch.Tensor, loss_fn, world_size: int, schedule="t
         raise ValueError("schedule must name at least one schedule")
     layers = check_args(model, x, world_size, names, backend, microbatches, timeout_s, warmup)
     loss = make_loss(loss_fn, targets)
-    spec = {"layers": layers, "x": x.detach().cpu(), "loss": loss, "schedules": names,
-            "microbatches": microbatches, "warmup": warmup, "backend": backend,
-            "timeout_s": float(timeout_s), "threads": 1, "port": _free_port()}
     with tempfile.TemporaryDirectory(prefix="trilib-distributed-") as workdir:
+        # the ranks meet in a file store in the run's private folder: no port to race for
+        rendezvous = (Path(workdir) / "rendezvous").as_uri()
+        spec = {"layers": layers, "x": x.detach().cpu(), "loss": loss, "schedules": names,
+                "microbatches": microbatches, "warmup": warmup, "backend": backend,
+                "timeout_s": float(timeout_s), "threads": 1, "init_method": rendezvous}
         torch.save(spec, Path(workdir) / "spec.pt")
         raw = launch(world_size, workdir, float(timeout_s))
     results = collect(raw, model, world_size, backend, microbatches)

@@ -2,8 +2,9 @@
 
 An MLP ``nn.Sequential`` is read as k layers ``y_l = W_l z_{l-1} + b_l``, ``z_l = f_l(y_l)``
 (``f_l``: the element-wise activations that follow the l-th ``nn.Linear``, identity if none).
-Rank ``d`` of P owns the contiguous **slab** of layers ``lo_d + 1 .. hi_d`` with
-``lo_d = d k // P`` and ``hi_d = (d + 1) k // P``: slabs differ in size by at most one layer.
+Rank ``d`` of P owns the contiguous **slab** of layers ``lo_d + 1 .. hi_d`` given by
+:func:`trilib._numerics.slabs`, the convention the simulator and block Jacobi share: slabs
+differ in size by at most one layer, the larger ones first.
 Layers may have different widths; what crosses a slab boundary always has the width of the
 boundary: ``z_{hi_d}`` (forward, ``n_{hi_d}`` wide) and ``u_d = dE/dz_{hi_d}`` (backward, the
 same width).
@@ -11,25 +12,20 @@ same width).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import pickle
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import UnsupportedLayerError
+from .._autograd import ELEMENTWISE
+from .._numerics import slabs
+from ..fnn.layers import FNNLayer, parse_sequential
 
 __all__ = ["ELEMENTWISE", "LOSSES", "Layer", "Slab", "NamedLoss", "parse_mlp", "slab_bounds",
            "check_loss", "make_loss"]
-
-#: Activations accepted after an ``nn.Linear`` (exact types): element-wise, so ``D_l`` is diagonal.
-ELEMENTWISE: tuple[type, ...] = (
-    nn.Identity, nn.Tanh, nn.ReLU, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.Softplus, nn.ELU,
-    nn.SiLU, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.CELU, nn.SELU, nn.LogSigmoid, nn.Hardsigmoid,
-    nn.Hardswish,
-)
 
 #: Named losses: ``name -> (needs targets, E(out, targets))``.
 LOSSES = {
@@ -39,59 +35,49 @@ LOSSES = {
 }
 
 
-@dataclass
-class Layer:
-    """One layer: ``y = W z + b`` then the activations; ``name`` is the Linear's dotted name."""
+class Layer(FNNLayer):
+    """One layer as a rank holds it: trilib.fnn's :class:`~trilib.fnn.layers.FNNLayer` (whose
+    forward it uses) over a detached copy of the ``nn.Linear``, so it travels to the ranks
+    without the rest of the model. ``name`` is the Linear's dotted name."""
 
-    name: str
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    activations: tuple[nn.Module, ...]
+    __slots__ = ()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
 
     @property
     def n_in(self) -> int:
-        return self.weight.shape[1]
+        return self.linear.in_features
 
     @property
     def n_out(self) -> int:
-        return self.weight.shape[0]
+        return self.linear.out_features
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(z_l, diag(D_l))`` for the input ``z_{l-1}``; ``D_l`` is None for no activation."""
-        y = F.linear(z, self.weight, self.bias)
-        if not self.activations:
-            return y, None
-        with torch.enable_grad():
-            leaf = y.detach().requires_grad_(True)
-            out = leaf.clone()                      # in-place activations never touch the leaf
-            for act in self.activations:
-                out = act(out)
-            (d,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
-        return out.detach(), d
+        return self.forward_with_derivative(z)
 
     def to(self, device) -> Layer:
-        return Layer(self.name, self.weight.to(device),
-                     None if self.bias is None else self.bias.to(device), self.activations)
-
-
-def _flatten(model: nn.Module, prefix: str = ""):
-    for name, child in model.named_children():
-        full = f"{prefix}{name}"
-        if type(child) is nn.Sequential:
-            yield from _flatten(child, full + ".")
-        else:
-            yield full, child
+        return Layer(self.linear.to(device), self.activations, self.name)
 
 
 def parse_mlp(model: nn.Module) -> list[Layer]:
-    """Read an ``nn.Sequential`` of ``nn.Linear`` layers and element-wise activations.
+    """Read an ``nn.Sequential`` of ``nn.Linear`` layers and element-wise activations with
+    trilib.fnn's parse (:func:`trilib.fnn.parse_sequential`: the same layers and errors as
+    ``trilib.gradients``), keeping detached copies of the parameters.
 
     Args:
         model: ``nn.Sequential`` (nested ``nn.Sequential`` allowed) whose first module is an
-            ``nn.Linear``; every other module is an ``nn.Linear`` or one of :data:`ELEMENTWISE`.
+            ``nn.Linear``; every other module is an ``nn.Linear`` or one of
+            :data:`~trilib._autograd.ELEMENTWISE`.
 
     Returns:
-        The k layers, with detached copies of the parameters.
+        The k layers.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Sequential``.
@@ -106,29 +92,9 @@ def parse_mlp(model: nn.Module) -> list[Layer]:
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be an nn.Sequential of nn.Linear layers and element-wise "
                         f"activations, got {type(model).__name__}")
-    supported = ", ".join(t.__name__ for t in ELEMENTWISE)
-    layers: list[Layer] = []
-    for name, module in _flatten(model):
-        if type(module) is nn.Linear:
-            if layers and module.in_features != layers[-1].n_out:
-                raise ValueError(f"layer {name} (Linear) expects {module.in_features} input features "
-                                 f"but the previous Linear produces {layers[-1].n_out}")
-            bias = None if module.bias is None else module.bias.detach().clone()
-            layers.append(Layer(name, module.weight.detach().clone(), bias, ()))
-        elif type(module) in ELEMENTWISE:
-            if not layers:
-                raise UnsupportedLayerError(
-                    f"module {name} ({type(module).__name__}) comes before the first nn.Linear; "
-                    "trilib.distributed starts at z_0 = x, so apply it to x first")
-            if type(module) is not nn.Identity:
-                layers[-1].activations += (module,)
-        else:
-            raise UnsupportedLayerError(
-                f"module {name} ({type(module).__name__}) is not supported by trilib.distributed: "
-                f"expected nn.Linear or an element-wise activation ({supported})")
-    if not layers:
-        raise ValueError("model has no nn.Linear layer")
-    return layers
+    return [Layer(copy.deepcopy(layer.linear).requires_grad_(False),
+                  tuple(a for a in layer.activations if type(a) is not nn.Identity), layer.name)
+            for layer in parse_sequential(model)]
 
 
 def slab_bounds(k: int, world_size: int) -> list[tuple[int, int]]:
@@ -136,9 +102,9 @@ def slab_bounds(k: int, world_size: int) -> list[tuple[int, int]]:
 
     Example:
         >>> slab_bounds(7, 3)
-        [(0, 2), (2, 4), (4, 7)]
+        [(0, 3), (3, 5), (5, 7)]
     """
-    return [(d * k // world_size, (d + 1) * k // world_size) for d in range(world_size)]
+    return [(s.start, s.stop) for s in slabs(k, world_size)]
 
 
 class Slab:

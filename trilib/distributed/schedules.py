@@ -14,7 +14,8 @@ Inside the slab, ``v_{hi} = D_{hi} u_d`` and ``v_l = B_l v_{l+1}`` with ``B_l = 
 * ``"tree"``: the slab as one linear map ``u_{d-1} = A_d u_d`` with
   ``A_d = W_{lo+1}^T D_{lo+1} W_{lo+2}^T ... W_{hi}^T D_{hi}`` (per sample); the last rank's map is
   the constant ``u_{P-2}``. An exclusive suffix scan by recursive doubling over the ranks, with
-  ``(A, c) ∘ (A', c') = (A A', c + A c')``: in round r = 0 .. ⌈log2 P⌉ - 1 rank d sends its
+  trilib's one affine combine and schedule (:mod:`trilib.solvers._affine`),
+  ``(B, r) ∘ (B', r') = (B B', r + B r')``: in round r = 0 .. ⌈log2 P⌉ - 1 rank d sends its
   running composition to rank d - 2^r and composes what rank d + 2^r sends; afterwards every rank
   holds the constant ``u_d`` and back-substitutes its slab.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..solvers._affine import combine, doubling
 from .model import Layer, Slab, slab_bounds
 
 __all__ = ["SCHEDULES", "SIMULATED", "Context", "sequential", "pipeline", "tree"]
@@ -165,10 +167,14 @@ def pipeline(ctx: Context, x: torch.Tensor):
 
 
 def _compose(f, g):
-    """``f ∘ g`` for maps ``("A", matrix)`` (linear) or ``("c", vector)`` (constant); f is linear."""
-    if g[0] == "A":
-        return "A", torch.matmul(f[1], g[1])
-    return "c", torch.matmul(f[1], g[1].unsqueeze(-1)).squeeze(-1)
+    """``f ∘ g`` for the maps ``(B, r)`` of the scan over ranks: a slab's linear map ``(A_d, None)``
+    or the last rank's constant ``(None, u)`` (``u`` a column): trilib's one affine combine."""
+    return combine(*f, *g)
+
+
+def _payload(f) -> torch.Tensor:
+    """The tensor a map travels as: its matrix, or the constant of a constant map."""
+    return f[1] if f[0] is None else f[0]
 
 
 def tree(ctx: Context, x: torch.Tensor):
@@ -180,31 +186,29 @@ def tree(ctx: Context, x: torch.Tensor):
         loss, g = ctx.loss_and_g(out)
         with ctx.compute("backward"):
             v, u_out = ctx.slab.back_substitute(g, cache, outgoing=P > 1)
-        own = ("c", u_out)                                # u_{P-2}: a constant map
+        own = None if P == 1 else (None, u_out.unsqueeze(-1))   # u_{P-2}: a constant map
     elif d > 0:                                           # rank 0's map is never needed
         with ctx.compute("scan"):
-            own = ("A", ctx.slab.slab_map(cache))
+            own = (ctx.slab.slab_map(cache), None)
     running, incoming = own, None                         # X_d and E_d of the scan
-    r = 0
-    while (1 << r) < P:
-        step = 1 << r
-        pending = ctx.isend(running[1], d - step, "combine", _TAG_ROUND + r) if d >= step else None
+    for r, level in enumerate(doubling(P)):               # the rounds of recursive doubling
+        step = level.dist
+        pending = ctx.isend(_payload(running), d - step, "combine", _TAG_ROUND + r) if d >= step else None
         src = d + step
         if src < P:
             constant = src + step - 1 >= P - 1            # the sender's composition reaches rank P-1
-            shape = (batch, ctx.width[src - 1]) if constant else \
-                (batch, ctx.width[src - 1], ctx.width[src + step - 1])
-            got = ("c" if constant else "A", ctx.recv(shape, src, "combine", _TAG_ROUND + r))
+            shape = (batch, ctx.width[src - 1], 1 if constant else ctx.width[src + step - 1])
+            got = ctx.recv(shape, src, "combine", _TAG_ROUND + r)
+            got = (None, got) if constant else (got, None)
             with ctx.compute("combine"):
                 incoming = got if incoming is None else _compose(incoming, got)
                 if d >= 2 * step:                         # running is sent again next round
                     running = _compose(running, got)
         if pending is not None:
             ctx.wait(pending)
-        r += 1
     if not ctx.last:
         with ctx.compute("apply"):
-            v, _ = ctx.slab.back_substitute(incoming[1], cache, outgoing=False)
+            v, _ = ctx.slab.back_substitute(incoming[1].squeeze(-1), cache, outgoing=False)
     with ctx.compute("gradients"):
         grads = ctx.slab.gradients(v, cache)
     return grads, loss

@@ -1,7 +1,9 @@
 """The code every rank runs, under :func:`trilib.distributed.run` (spawned processes) and under
 ``torchrun`` (``python -m trilib.distributed``) alike.
 
-A rank joins the process group (``env://``: MASTER_ADDR, MASTER_PORT), and for each requested
+A rank joins the process group (``spec["init_method"]``: a ``file://`` store in the run's private
+folder under :func:`trilib.distributed.run`; ``env://``, i.e. MASTER_ADDR and MASTER_PORT, under
+torchrun), and for each requested
 schedule runs it ``warmup`` times unrecorded and once recorded (each run starts at a barrier,
 t = 0 when the rank leaves it), then gathers gradients, loss and timeline on rank 0.
 """
@@ -73,7 +75,8 @@ def serve(rank: int, world: int, spec: dict, on_status=None) -> list[dict] | Non
         if device.type == "cuda":
             rec.sync = torch.cuda.synchronize
         rec.set_status("setup: init_process_group (waiting for every rank to join)")
-        dist.init_process_group(spec["backend"], rank=rank, world_size=world,
+        dist.init_process_group(spec["backend"], init_method=spec.get("init_method"), rank=rank,
+                                world_size=world,
                                 timeout=timedelta(seconds=float(spec["timeout_s"])))
         x = spec["x"].to(device)
         results = []
@@ -138,7 +141,6 @@ def spawn_entry(argv=None) -> None:
         parent_path = json.loads((folder / "sys_path.json").read_text())
         sys.path[:] = parent_path + [p for p in sys.path if p not in parent_path]
         spec = torch.load(folder / "spec.pt", weights_only=False)
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(spec["port"])
         results = serve(rank, world, spec, on_status)
         if rank == 0:
             torch.save(results, folder / "result.tmp")

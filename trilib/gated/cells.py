@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import rnn_cell
+
 __all__ = ["RNNCell", "GRUCell", "LSTMCell"]
 
 
@@ -67,16 +69,11 @@ class RNNCell(_Cell):
         super().__init__(w_ih, w_hh, b_ih, b_hh)
         self.relu = nonlinearity == "relu"
 
-    def _pre(self, xp, h):
-        return xp + self._hidden(h)
-
     def step(self, xp: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        y = self._pre(xp, h)
-        return torch.relu(y) if self.relu else torch.tanh(y)
+        return rnn_cell(xp, h, self.w_hh, self.b_hh, self.relu)[0]
 
     def _jacobian(self, xp, h, w, diagonal, wrt_state):
-        y = self._pre(xp, h)
-        d = (y > 0).to(y.dtype) if self.relu else 1 - torch.tanh(y) ** 2
+        d = rnn_cell(xp, h, self.w_hh, self.b_hh, self.relu)[1]
         return d * w.diagonal() if diagonal else _scaled(d, w)
 
 

@@ -8,10 +8,15 @@ is **exact after a known number of sweeps**, its *exact count* (Jacobi: the nilp
 * ``tol=None`` (default): stop when the iterate no longer changes bit for bit (a sweep is a
   deterministic function of the iterate, so every later sweep would return the same bits: the
   result *equals* the exact-count result), or at the exact count. This is autograd's answer up
-  to rounding, whatever the conditioning.
-* ``tol > 0``: also stop early once the relative residual is ``<= tol``. The residual bounds the
-  backward error only; the forward error can be far larger on ill-conditioned systems.
-* ``tol = 0.0``: also stop at an exactly zero residual.
+  to rounding, whatever the conditioning. Newton (on layers, and in time) also stops when every
+  row of every sample equals its own update up to ``ROUNDING`` units of rounding (its last bits
+  settle one row per iteration).
+* ``tol > 0``: instead of the rounding-level stop, stop once the relative residual is
+  ``<= tol``. The residual bounds the backward error only; the forward error can be far
+  larger on ill-conditioned systems.
+* ``tol = 0.0``: stop at an exactly zero residual only.
+
+:class:`Stopper` is this rule, used by :func:`sweep_loop` and by Newton in time.
 
 Reaching the exact count is convergence. Only a ``max_sweeps`` below the exact count can stop a
 method short: it then warns with :class:`ConvergenceWarning` (``on_failure="warn"``, default) or
@@ -31,6 +36,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._checks import check_int, check_number
+from .._numerics import slabs
 from ..systems import BlockBidiagonalSystem, BlockVector, NonlinearForwardSystem, TriangularSystem
 
 __all__ = ["ConvergenceWarning", "ConvergenceError", "exact_count", "own_trace", "slabs", "sweep_loop"]
@@ -42,22 +49,6 @@ class ConvergenceWarning(UserWarning):
 
 class ConvergenceError(RuntimeError):
     """Raised instead of :class:`ConvergenceWarning` when ``on_failure="raise"``."""
-
-
-def slabs(k: int, p: int) -> list[range]:
-    """Split rows ``0..k-1`` into ``p`` contiguous blocks whose sizes differ by at most one.
-
-    Example:
-        >>> [list(s) for s in slabs(5, 2)]
-        [[0, 1, 2], [3, 4]]
-    """
-    base, extra = divmod(k, p)
-    out, start = [], 0
-    for j in range(p):
-        size = base + (1 if j < extra else 0)
-        out.append(range(start, start + size))
-        start += size
-    return out
 
 
 def exact_count(system: TriangularSystem) -> int:
@@ -81,14 +72,6 @@ def exact_count(system: TriangularSystem) -> int:
     return system.k
 
 
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if (isinstance(value, bool) or not isinstance(value, int) or value < low
-            or (high is not None and value > high)):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
-    return value
-
-
 def check_blocks(name: str, system: TriangularSystem, blocks) -> list[torch.Tensor]:
     if blocks is None:
         return None
@@ -106,13 +89,24 @@ def check_blocks(name: str, system: TriangularSystem, blocks) -> list[torch.Tens
 def check_common(system: TriangularSystem, tol, max_sweeps, reference, on_failure,
                  name: str = "max_sweeps"):
     """Validate the shared options: ``(tol or None, max_sweeps or None, reference blocks)``."""
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
-        raise ValueError(f"tol must be None (run to the exact answer) or a number >= 0, got {tol!r}")
+    tol = check_tol(tol)
     if max_sweeps is not None:
         check_int(name, max_sweeps, 1)
+    check_on_failure(on_failure)
+    return tol, max_sweeps, check_blocks("reference", system, reference)
+
+
+def check_tol(tol: object) -> float | None:
+    """``tol`` of every iterative method: ``None`` or a number ``>= 0``."""
+    if tol is None:
+        return None
+    return check_number("tol", tol, what=f"tol must be None (run to the exact answer) or a number >= 0, "
+                                          f"got {tol!r}")
+
+
+def check_on_failure(on_failure: object) -> None:
     if on_failure not in ("warn", "raise"):
         raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
-    return (None if tol is None else float(tol)), max_sweeps, check_blocks("reference", system, reference)
 
 
 def own_trace(trace, method: str):
@@ -193,23 +187,41 @@ def fused_norms(*groups: Sequence[torch.Tensor] | torch.Tensor | None) -> list[f
     return torch.cat([ref.new_zeros(2) if v is None else v for v in vals]).tolist()
 
 
-class _Stopper:
-    """The stopping rule of :mod:`trilib.solvers._sweeps` for one solve."""
+class Stopper:
+    """The stopping rule of every iterative method (the module doc), for one solve: Jacobi,
+    block Jacobi, Gauss–Seidel, Newton on a layer stack, and Newton in time on each RNN layer.
 
-    def __init__(self, system, tol, reference, fixed_by: str, rounding: float | None):
+    Args:
+        widths: the block widths of an iterate (its rows, for the rounding test).
+        dtype, device: of the iterates.
+        tol, fixed_by, rounding: see :func:`sweep_loop`.
+        rhs: the right-hand side (blocks or flat): the residual is relative to it; ``None``
+            (or zero): relative to the update ``u + res`` (``N u + r``; ``c(s)`` for Newton).
+        reference: a known solution, for ``trace.errors``.
+    """
+
+    def __init__(self, widths, dtype, device, tol, fixed_by: str, rounding: float | None, rhs=None,
+                 reference=None):
         self.tol, self.fixed_by = tol, fixed_by
-        self.rounding = None if rounding is None else rounding * torch.finfo(system.dtype).eps
+        # the rounding-level stop is the default rule's; a tol given is the caller's criterion
+        self.rounding = None if rounding is None or tol is not None else rounding * torch.finfo(dtype).eps
         self.reference = None if reference is None else flat(reference)
-        self.rhs_norm, _, self.ref_norm, _ = fused_norms(system.rhs, self.reference)  # one sync
+        self.rhs_norm, _, self.ref_norm, _ = fused_norms(rhs, self.reference)  # one sync
         self.rhs_zero = self.rhs_norm == 0
         if rounding is not None:                       # column -> block row, for per-row norms
-            self.block_of = torch.repeat_interleave(torch.arange(system.k, device=system.device),
-                                                    torch.tensor(system.block_sizes, device=system.device))
-            self.k = system.k
+            self.block_of = torch.repeat_interleave(torch.arange(len(widths), device=device),
+                                                    torch.tensor(widths, device=device))
+            self.k = len(widths)
+
+    @classmethod
+    def of(cls, system: TriangularSystem, tol, reference, fixed_by: str, rounding: float | None):
+        """The rule for solving ``system``."""
+        return cls(system.block_sizes, system.dtype, system.device, tol, fixed_by, rounding,
+                   rhs=system.rhs, reference=reference)
 
     def check(self, trace, u_old, u, res) -> str | None:
-        """Record the sweep that turned ``u_old`` into ``u`` (residual ``res``, blocks or flat);
-        return why to stop, or None."""
+        """Record the sweep that turned ``u_old`` into ``u`` (residual ``res``, blocks or flat)
+        in ``trace`` (none if ``None``); return why to stop, or None."""
         uf, rf = flat(u), flat(res)
         change = uf - flat(u_old) if self.fixed_by == "change" else None
         scale = uf + rf if self.rhs_zero else None              # N u when r = 0
@@ -221,8 +233,9 @@ class _Stopper:
             residual = rinf / (scaleinf or scale2) if (scaleinf or scale2) else rinf
         else:
             residual = r2 / scale2 if scale2 > 0 else r2
-        trace.residuals.append(residual)
-        if err is not None:
+        if trace is not None:
+            trace.residuals.append(residual)
+        if err is not None and trace is not None:
             trace.errors.append(e2 / self.ref_norm if self.ref_norm else e2)
         if (cinf == 0) if self.fixed_by == "change" else (rinf == 0):
             return "fixed point"
@@ -261,7 +274,7 @@ def sweep_loop(trace, sweep: Callable, u: list[torch.Tensor], *, system: Triangu
             to c units of rounding (Newton, whose last bits settle one row per iteration).
     """
     limit = exact if max_sweeps is None else min(max_sweeps, exact)
-    stopper = _Stopper(system, tol, reference, fixed_by, rounding)
+    stopper = Stopper.of(system, tol, reference, fixed_by, rounding)
     stopped = None
     for _ in range(limit):
         u_old = u

@@ -9,12 +9,11 @@ from collections.abc import Sequence
 
 import torch
 
-from .._checks import check_memory
+from .._checks import check_int, check_memory
 from ..systems import BlockBidiagonalSystem
 from ._registry import register
 from ._sweeps import (
     check_common,
-    check_int,
     jacobi_step,
     own_trace,
     record_step,

@@ -1,28 +1,28 @@
 """Cyclic (odd–even) reduction: halve the system, recurse, back-substitute.
 
-Number the equations in elimination order ``q = 0..k-1`` so that equation ``q`` couples to the
-next one only, ``u_q = C_q u_{q+1} + f_q`` (the upper system's block rows; the lower system's
-rows counted from the bottom), with ``C_{k-1} = 0``.
+The equations are numbered in scan order ``p`` (``p = 0`` is solved first; block rows and scan
+positions are mapped in ``_direct.py``): equation ``p`` couples to the one before it only,
+``u_p = B_p u_{p-1} + r_p`` with ``B_0 = 0``. Level ``j`` keeps the equations
+``p = k-1 - i·2^j`` (``i < m_j = ⌈k/2^j⌉``), counted from the last one solved.
 
-* **Reduction.** Keep the even equations of the active list; each absorbs the odd equation
-  after it (``C <- C C'``, ``f <- f + C f'``) and now couples to the next even one: a
-  bi-diagonal system of half the size. Repeat until one equation is left; it is solved.
+* **Reduction.** Of the active equations, those with even ``i`` absorb the next one (odd ``i``,
+  ``gap = 2^j`` positions before them: ``B <- B B'``, ``r <- r + B r'``) and now couple to the
+  next even one: a bi-diagonal system of half the size. Repeat until one equation is left; it
+  is solved.
 * **Back-substitution.** Level by level in reverse, each eliminated (odd) equation takes its
-  solved successor: ``u_q = f_q + C_q u_{q'}``, a mat-vec. The last equation of a level never
-  needs this: it already couples to nothing.
+  solved predecessor: ``u_p = r_p + B_p u_{p-gap}``, a mat-vec. The equation of a level with
+  ``i = m_j - 1`` never needs this: it already couples to nothing.
 
-The loop over levels *is* the tree: the active equations of level ``j`` are ``q = i·2^j``, so
-each level is one strided view of the stack; their number halves on the way down and the saved
-levels are replayed on the way up.
+The loop over levels *is* the tree: each level's active equations are one strided view of the
+stack; their number halves on the way down and the saved levels are replayed on the way up.
 """
 
 from __future__ import annotations
 
-import torch
-
 from .._numerics import ceil_log2
-from ..systems import BlockBidiagonalSystem
-from ._affine import affine_rows
+from ..systems import BlockBidiagonalSystem, BlockVector
+from ._affine import Step
+from ._direct import direct_solve
 from ._registry import register
 
 
@@ -39,9 +39,24 @@ def work(k: int) -> int:
     return sum(-(-k // 2**i) - 1 for i in range(ceil_log2(k)))
 
 
+def schedule(k: int) -> list[Step]:
+    """The reduction levels, then the back-substitution levels in reverse."""
+    gap, levels, tree = 1, [], []
+    while -(-k // gap) > 1:                     # reduction: evens absorb the odd after them
+        m = -(-k // gap)
+        levels.append((gap, m))
+        tree.append(Step(first=k - 1, stride=-2 * gap, count=m // 2, dist=gap))   # i = 0, 2, ..
+        gap *= 2
+    for gap, m in reversed(levels):             # back-substitution: odds take their predecessor
+        count = (m - 1) // 2                    # i = 1, 3, .. below the level's last one
+        if count:
+            tree.append(Step(first=k - 1 - gap, stride=-2 * gap, count=count, dist=gap, matrix=False))
+    return tree
+
+
 @register("cyclic_reduction", BlockBidiagonalSystem, family="direct")
 def cyclic_reduction(system: BlockBidiagonalSystem, trace, memory_limit: int | None = None
-                     ) -> list[torch.Tensor]:
+                     ) -> BlockVector:
     """Solve a block bi-diagonal system by odd–even cyclic reduction.
 
     Args:
@@ -51,7 +66,7 @@ def cyclic_reduction(system: BlockBidiagonalSystem, trace, memory_limit: int | N
         memory_limit: bytes allowed for the padded ``n x n`` products.
 
     Returns:
-        ``k`` tensors ``(batch, n_l)``. Steps: ``2⌈log2 k⌉ - 1`` (k >= 2); work:
+        ``k`` blocks ``(batch, n_l)``. Steps: ``2⌈log2 k⌉ - 1`` (k >= 2); work:
         ``Σ_{i<⌈log2 k⌉} (⌈k/2^i⌉ - 1)`` (see :func:`work`), about ``2k``.
 
     Example:
@@ -62,19 +77,5 @@ def cyclic_reduction(system: BlockBidiagonalSystem, trace, memory_limit: int | N
         >>> trace.steps, trace.work
         (3, 4)
     """
-    k = system.k
-    maps = affine_rows(system, "cyclic_reduction", live_products=k // 2, memory_limit=memory_limit)
-    # Equation q sits at scan position p = k - 1 - q. The active equations of level j are
-    # q = i·2^j (i < m_j = ⌈k / 2^j⌉): arithmetic progressions, so every step is one strided view.
-    gap, sizes = 1, []
-    while -(-k // gap) > 1:                     # reduction: evens absorb the odd after them
-        m = -(-k // gap)
-        sizes.append((gap, m))
-        # q = 0, 2·gap, ... (m // 2 of them) absorb q + gap
-        maps.step(trace, first=k - 1, stride=-2 * gap, count=m // 2, dist=gap)
-        gap *= 2
-    for gap, m in reversed(sizes):              # back-substitution: odds take their successor
-        count = (m - 1) // 2                    # q = gap, 3·gap, ... below the level's last one
-        if count:
-            maps.step(trace, first=k - 1 - gap, stride=-2 * gap, count=count, dist=gap, matrix=False)
-    return maps.solution()
+    return direct_solve(system, "cyclic_reduction", schedule(system.k), trace,
+                        live_products=system.k // 2, memory_limit=memory_limit)

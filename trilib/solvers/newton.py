@@ -61,9 +61,9 @@ def newton(system, trace, *, linear_method: str = "recursive_doubling", linear_o
         linear_options: options for that method.
         tol: ``None`` (default): iterate until ``F(z)`` is exactly zero (then ``dz = 0`` and
             the iterate is a fixed point), or every row of every sample is at rounding level
-            (:data:`ROUNDING`: as accurate as substitution), or k iterations. A number: also stop
-            once the relative residual ``||F(z)|| / ||r||`` (``/ ||N(z)||`` when ``r = 0``) is
-            ``<= tol``: a bound on the residual, not on the error (see
+            (:data:`ROUNDING`: as accurate as substitution), or k iterations. A number: stop at
+            a fixed point, at k iterations, or once the relative residual ``||F(z)|| / ||r||``
+            (``/ ||N(z)||`` when ``r = 0``) is ``<= tol``: a bound on the residual, not on the error (see
             :func:`~trilib.solvers.jacobi.jacobi`).
         max_iterations: iteration limit (default and cap: k, the exact count).
         reference, initial, on_failure: as for :func:`~trilib.solvers.jacobi.jacobi`.

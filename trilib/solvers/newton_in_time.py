@@ -15,14 +15,25 @@ needs only element-wise products.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
-from .._numerics import ceil_log2, norm
-from ..systems import BlockBidiagonalSystem, RecurrentForwardSystem
+from .._checks import check_int
+from .._numerics import ceil_log2
+from ..systems import BlockBidiagonalSystem, BlockVector, RecurrentForwardSystem
 from ..trace import Trace
+from ._affine import doubling, scan
 from ._registry import check_method, methods, register, solve
-from ._sweeps import ConvergenceError, ConvergenceWarning, check_blocks, check_int, own_trace
+from ._sweeps import (
+    ConvergenceError,
+    ConvergenceWarning,
+    Stopper,
+    check_blocks,
+    check_on_failure,
+    check_tol,
+    own_trace,
+)
 from .newton import ROUNDING
 
 __all__ = ["diagonal_scan", "newton_in_time", "recurrence"]
@@ -37,7 +48,7 @@ def _time_pairs(system, l: int, first: int) -> list[tuple[int, int]]:
 
 
 @register("sequential", RecurrentForwardSystem, family=("substitution", "matrix-free"))
-def recurrence(system: RecurrentForwardSystem, trace) -> list[torch.Tensor]:
+def recurrence(system: RecurrentForwardSystem, trace) -> BlockVector:
     """The ordinary recurrence ``s_{l,t} = cell_l(x_{l,t}, s_{l,t-1})``: forward substitution,
     k·τ steps (one per state; the input projection ``W_ih x`` of a layer is one product over all t).
 
@@ -60,29 +71,17 @@ def recurrence(system: RecurrentForwardSystem, trace) -> list[torch.Tensor]:
 
 def diagonal_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Solve ``δ_t = a_t ⊙ δ_{t-1} + b_t`` (``δ_{-1} = 0``, so ``a_0`` is ignored) for
-    ``t = 0..L-1`` by recursive doubling on element-wise affine maps: ``⌈log2 L⌉`` steps of
-    element-wise products, no matrix anywhere.
+    ``t = 0..L-1``: trilib's affine scan (:func:`~trilib.solvers._affine.scan`, recursive
+    doubling) on element-wise maps, ``⌈log2 L⌉`` steps of element-wise products.
 
     Example:
         >>> a, b = torch.full((4, 1), 2.0), torch.ones(4, 1)
         >>> diagonal_scan(a, b).flatten().tolist()      # 1, 2·1 + 1, 2·3 + 1, 2·7 + 1
         [1.0, 3.0, 7.0, 15.0]
     """
-    a, x = a.clone(), b.clone()
+    a = a.clone()
     a[0] = 0
-    d, L = 1, x.shape[0]
-    while d < L:
-        x[d:] = x[d:] + a[d:] * x[:-d]            # the right side is evaluated first
-        if 2 * d < L:
-            a[d:] = a[d:] * a[:-d]
-        d *= 2
-    return x
-
-
-def _residual(s: torch.Tensor, c: torch.Tensor) -> float:
-    """``‖F(s)‖ / ‖c(s)‖`` with ``F(s) = s - c(s)``, in float64."""
-    scale = norm([c])
-    return norm([s - c]) / scale if scale > 0 else norm([s - c])
+    return scan(a, b.clone(), doubling(b.shape[0]), diagonal=True)
 
 
 def _solved_rows(s: torch.Tensor, c: torch.Tensor) -> int:
@@ -101,29 +100,13 @@ def _check(system, jacobian, linear_method, tol, max_iterations, fallback, on_fa
     if jacobian == "diagonal" and linear_method not in ("recursive_doubling", "sequential"):
         raise ValueError(f"with jacobian='diagonal' the scan is element-wise: linear_method must be "
                          f"'recursive_doubling' or 'sequential', got {linear_method!r}")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
-        raise ValueError(f"tol must be None or a number >= 0, got {tol!r}")
+    tol = check_tol(tol)
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-    if on_failure not in ("warn", "raise"):
-        raise ValueError(f"on_failure must be 'warn' or 'raise', got {on_failure!r}")
+    check_on_failure(on_failure)
     tau = system.grid_shape[1]
     limit = tau if max_iterations is None else min(check_int("max_iterations", max_iterations, 1), tau)
-    return (None if tol is None else float(tol)), limit
-
-
-def _converged(s: torch.Tensor, c: torch.Tensor, residual: float | None, tol: float | None) -> bool:
-    """The stopping rule of trilib's iterative methods, for one layer's states ``s`` and their
-    update ``c``: the iterate is a fixed point (unchanged bit for bit); or, by default
-    (``tol=None``), every time step of every sample equals its own update up to
-    :data:`~trilib.solvers.newton.ROUNDING` units of rounding (as accurate as the recurrence
-    itself: Newton's last bits settle one row per iteration); or ``residual <= tol``."""
-    if torch.equal(s, c):
-        return True
-    if tol is not None:
-        return (residual if residual is not None else _residual(s, c)) <= tol
-    rows = lambda t: t.reshape(t.shape[0], t.shape[1], -1).norm(dim=-1)  # noqa: E731  (τ, batch)
-    return bool((rows(c - s) <= ROUNDING * torch.finfo(s.dtype).eps * rows(c)).all())
+    return tol, limit
 
 
 def _linear_solve(a, b, jacobian, linear_method, linear_options, record):
@@ -150,7 +133,7 @@ def _linear_solve(a, b, jacobian, linear_method, linear_options, record):
 def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "full",
                    linear_method: str = "recursive_doubling", linear_options: dict | None = None,
                    tol: float | None = None, max_iterations: int | None = None, initial=None,
-                   fallback: str = "jacobi", on_failure: str = "warn") -> list[torch.Tensor]:
+                   fallback: str = "jacobi", on_failure: str = "warn") -> BlockVector:
     """Newton's method over time, layer by layer: the forward pass in O(iterations · log τ) steps.
 
     Iteration ``i`` on a layer, at the iterate ``s`` with ``c_t = cell(x_t, s_{t-1})`` and
@@ -216,64 +199,103 @@ def newton_in_time(system: RecurrentForwardSystem, trace, *, jacobian: str = "fu
     asked = trace is not None
     trace, _ = own_trace(trace, "newton")
     tol, limit = _check(system, jacobian, linear_method, tol, max_iterations, fallback, on_failure)
-    linear_options = dict(linear_options or {})
     init = check_blocks("initial", system, initial)
-    (k, tau), diagonal = system.grid_shape, jacobian == "diagonal"
+    k, tau = system.grid_shape
     grid = system.x.new_zeros(k, tau, *system.s0.shape[1:]) if init is None else system.to_grid(init)
     trace.info.update(jacobian=jacobian, iterations=[], solved_rows=[], linear_steps=0, linear_traces=[],
                       fallbacks=0, sequential_steps=0)
-    converged_all = True
-    for l, cell in enumerate(system.cells):
-        xp = cell.project(system.layer_input(l, grid))
-
-        def evaluate(s, l=l, cell=cell, xp=xp):
-            prev = system.previous(l, s)
-            return cell.step(xp, prev), cell.state_jacobian(xp, prev, diagonal=diagonal)
-
-        s = grid[l]
-        c, a = evaluate(s)
-        done, its = _converged(s, c, None, tol), 0
-        while not done and its < limit:
-            b = c - s                                        # -F(s)
-            f = int((b != 0).reshape(tau, -1).any(1).nonzero()[0])   # first unsolved row
-            delta, inner = _linear_solve(a[f:], b[f:], jacobian, linear_method, linear_options, asked)
-            s = s.clone()
-            s[f] = c[f]
-            step = a[f + 1:] * delta[:-1] if diagonal else (a[f + 1:] @ delta[:-1].unsqueeze(-1)).squeeze(-1)
-            s[f + 1:] = c[f + 1:] + step
-            work = (inner.work if inner is not None else 0) + tau - f
-            if not torch.isfinite(s).all():
-                trace.info["fallbacks"] += 1
-                if fallback == "jacobi":
-                    s = torch.where(torch.isfinite(s), s, c)
-                else:                                        # the recurrence from row f on
-                    prev = system.s0[l] if f == 0 else s[f - 1]
-                    for t in range(f, tau):
-                        prev = s[t] = cell.step(xp[t], prev)
-                    work += tau - f
-                    trace.info["sequential_steps"] += tau - f
-            c, a = evaluate(s)
-            its += 1
-            residual = _residual(s, c)
-            trace.info["solved_rows"].append(_solved_rows(s, c))
-            trace.add_step(_time_pairs(system, l, f) if asked else [], work=work)
-            trace.residuals.append(residual)
-            if inner is not None:
-                trace.info["linear_traces"].append(inner)
-                trace.info["linear_steps"] += inner.steps
-            elif not diagonal:
-                trace.info["linear_steps"] += ceil_log2(tau - f)
-            done = _converged(s, c, residual, tol)
-        grid[l] = s
-        trace.info["iterations"].append(its)
-        converged_all &= done
-    trace.info["converged"], trace.info["tol"] = converged_all, tol
-    if not converged_all:
-        target = (f"residual <= {tol:.3e}" if tol is not None
-                  else "every time step at rounding level")
-        msg = (f"newton did not converge: {target} not reached within max_iterations={limit} "
-               f"(residual {trace.residuals[-1]:.3e}); Newton in time is exact after τ = {tau} iterations")
-        if on_failure == "raise":
-            raise ConvergenceError(msg)
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    how = _Newton(jacobian, linear_method, dict(linear_options or {}), fallback, asked)
+    # the stopping rule of every iterative method, on one layer's τ rows (relative to c(s))
+    stopper = Stopper([grid[0, 0, 0].numel()] * tau, grid.dtype, grid.device, tol, "residual", ROUNDING)
+    converged = [_solve_layer(system, l, grid, trace, stopper, limit, how) for l in range(k)]
+    trace.info["converged"], trace.info["tol"] = all(converged), tol
+    if not all(converged):
+        _fail(trace, tol, limit, tau, on_failure)
     return system.to_blocks(grid)
+
+
+@dataclass(frozen=True)
+class _Newton:
+    """How each iteration solves and updates (the options of :func:`newton_in_time`)."""
+
+    jacobian: str
+    linear_method: str
+    linear_options: dict
+    fallback: str
+    record: bool                 # pairs and inner traces wanted
+
+    @property
+    def diagonal(self) -> bool:
+        return self.jacobian == "diagonal"
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """One layer's ``(τ, batch, ...)`` states as ``(batch, τ·m)``, rows in time order."""
+    return t.reshape(t.shape[0], t.shape[1], -1).transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def _solve_layer(system, l: int, grid: torch.Tensor, trace, stopper: Stopper, limit: int,
+                 how: _Newton) -> bool:
+    """Newton's iterations on layer ``l`` (written into ``grid[l]``) until the stopping rule
+    holds or ``limit`` iterations; True when the rule held."""
+    cell = system.cells[l]
+    xp = cell.project(system.layer_input(l, grid))
+
+    def evaluate(s):
+        prev = system.previous(l, s)
+        return cell.step(xp, prev), cell.state_jacobian(xp, prev, diagonal=how.diagonal)
+
+    s = grid[l]
+    c, a = evaluate(s)
+    stopped, its = stopper.check(None, s, _flat(s), _flat(c - s)), 0
+    while not stopped and its < limit:
+        s = _iteration(system, l, xp, s, c, a, trace, how)
+        c, a = evaluate(s)
+        its += 1
+        trace.info["solved_rows"].append(_solved_rows(s, c))
+        stopped = stopper.check(trace, s, _flat(s), _flat(c - s))
+    grid[l] = s
+    trace.info["iterations"].append(its)
+    return stopped is not None
+
+
+def _iteration(system, l: int, xp, s, c, a, trace, how: _Newton) -> torch.Tensor:
+    """One Newton iteration on a layer at the iterate ``s`` (``c = cell(x, s_{t-1})``, ``a`` its
+    Jacobian): the scan ``δ_t = A_t δ_{t-1} + (c_t - s_t)`` from the first unsolved row ``f``,
+    then ``s_t ← c_t + A_t δ_{t-1}``, the fallback if that is not finite; recorded as one step."""
+    tau = s.shape[0]
+    b = c - s                                            # -F(s)
+    f = int((b != 0).reshape(tau, -1).any(1).nonzero()[0])   # first unsolved row
+    delta, inner = _linear_solve(a[f:], b[f:], how.jacobian, how.linear_method, how.linear_options,
+                                 how.record)
+    s = s.clone()
+    s[f] = c[f]
+    step = a[f + 1:] * delta[:-1] if how.diagonal else (a[f + 1:] @ delta[:-1].unsqueeze(-1)).squeeze(-1)
+    s[f + 1:] = c[f + 1:] + step
+    work = (inner.work if inner is not None else 0) + tau - f
+    if not torch.isfinite(s).all():
+        trace.info["fallbacks"] += 1
+        if how.fallback == "jacobi":
+            s = torch.where(torch.isfinite(s), s, c)
+        else:                                            # the recurrence from row f on
+            cell, prev = system.cells[l], (system.s0[l] if f == 0 else s[f - 1])
+            for t in range(f, tau):
+                prev = s[t] = cell.step(xp[t], prev)
+            work += tau - f
+            trace.info["sequential_steps"] += tau - f
+    trace.add_step(_time_pairs(system, l, f) if how.record else [], work=work)
+    if inner is not None:
+        trace.info["linear_traces"].append(inner)
+        trace.info["linear_steps"] += inner.steps
+    elif not how.diagonal:
+        trace.info["linear_steps"] += ceil_log2(tau - f)
+    return s
+
+
+def _fail(trace, tol: float | None, limit: int, tau: int, on_failure: str) -> None:
+    target = f"residual <= {tol:.3e}" if tol is not None else "every time step at rounding level"
+    msg = (f"newton did not converge: {target} not reached within max_iterations={limit} "
+           f"(residual {trace.residuals[-1]:.3e}); Newton in time is exact after τ = {tau} iterations")
+    if on_failure == "raise":
+        raise ConvergenceError(msg)
+    warnings.warn(msg, ConvergenceWarning, stacklevel=4)

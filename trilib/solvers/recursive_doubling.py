@@ -1,6 +1,6 @@
 """Recursive doubling (Stone 1973; Hillis–Steele / Kogge–Stone scan): ⌈log2 k⌉ steps.
 
-Every row is an affine map ``u_p = A_p u_{p-1} + c_p`` in scan order (see ``_affine.py``).
+Every row is an affine map ``u_p = B_p u_{p-1} + r_p`` in scan order (see ``_affine.py``).
 In step ``s`` every row ``p >= d = 2^s`` absorbs the row ``d`` places before it. Afterwards row
 ``p`` covers the ``2d`` rows ending at ``p``; once ``d >= k`` every row reaches ``p = 0`` and
 holds its solution. All rows work in every step: the fewest steps, but ``~k log2 k`` products.
@@ -8,10 +8,9 @@ holds its solution. All rows work in every step: the fewest steps, but ``~k log2
 
 from __future__ import annotations
 
-import torch
-
-from ..systems import BlockBidiagonalSystem
-from ._affine import affine_rows, doubling_work
+from ..systems import BlockBidiagonalSystem, BlockVector
+from ._affine import doubling
+from ._direct import direct_solve, doubling_work
 from ._registry import register
 
 #: Block products of recursive doubling, ``k ⌈log2 k⌉ - 2^⌈log2 k⌉ + 1``.
@@ -20,7 +19,7 @@ work = doubling_work
 
 @register("recursive_doubling", BlockBidiagonalSystem, family="direct")
 def recursive_doubling(system: BlockBidiagonalSystem, trace, memory_limit: int | None = None
-                       ) -> list[torch.Tensor]:
+                       ) -> BlockVector:
     """Solve a block bi-diagonal system by recursive doubling.
 
     Args:
@@ -30,7 +29,7 @@ def recursive_doubling(system: BlockBidiagonalSystem, trace, memory_limit: int |
             ``trilib.config.memory_limit_bytes``).
 
     Returns:
-        ``k`` tensors ``(batch, n_l)``. Steps: exactly ``⌈log2 k⌉``; work (one combine = one
+        ``k`` blocks ``(batch, n_l)``. Steps: exactly ``⌈log2 k⌉``; work (one combine = one
         block product): ``k ⌈log2 k⌉ - 2^⌈log2 k⌉ + 1`` (see :func:`work`).
 
     Example:
@@ -41,12 +40,6 @@ def recursive_doubling(system: BlockBidiagonalSystem, trace, memory_limit: int |
         >>> trace.steps, trace.work, trace.combines[1]
         (2, 5, [(1, 3), (0, 2)])
     """
-    k = system.k
-    maps = affine_rows(system, "recursive_doubling", live_products=k - 1, memory_limit=memory_limit)
-    d = 1
-    while d < k:                                # one step per doubling of the distance d
-        # every row p = d .. k-1 (it has a row d places before it) absorbs row p - d;
-        # the last step needs only c
-        maps.step(trace, first=d, stride=1, count=k - d, dist=d, matrix=2 * d < k)
-        d *= 2
-    return maps.solution()
+    # every row p = d .. k-1 (it has a row d places before it) absorbs row p - d, d = 1, 2, 4, ...
+    return direct_solve(system, "recursive_doubling", doubling(system.k), trace,
+                        live_products=system.k - 1, memory_limit=memory_limit)

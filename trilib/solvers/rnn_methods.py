@@ -20,7 +20,8 @@ import torch
 
 from .._checks import check_memory
 from .._numerics import ceil_log2
-from ..systems import GridSystem
+from ..systems import BlockVector, GridSystem
+from ._affine import doubling, scan
 from ._registry import register
 
 __all__ = ["bptt", "wavefront", "nested", "time_scan"]
@@ -33,7 +34,7 @@ def _row(system: GridSystem, ls, ts, v: torch.Tensor) -> torch.Tensor:
 
 
 @register("sequential", GridSystem, family=("substitution", "rnn"))
-def bptt(system: GridSystem, trace) -> list[torch.Tensor]:
+def bptt(system: GridSystem, trace) -> BlockVector:
     """Back-propagation through time: for t = τ..1, for l = k..1, solve ``v_{l,t}``.
 
     Steps: k·τ; work: one product per coupling (k·τ·2 - k - τ).
@@ -57,7 +58,7 @@ def bptt(system: GridSystem, trace) -> list[torch.Tensor]:
 
 
 @register("wavefront", GridSystem, family="rnn")
-def wavefront(system: GridSystem, trace) -> list[torch.Tensor]:
+def wavefront(system: GridSystem, trace) -> BlockVector:
     """Level scheduling on the grid: level ``s`` holds every ``v_{l,t}`` with
     ``(k-1-l) + (τ-1-t) = s`` (0-based), and all its unknowns are solved in one batched step.
 
@@ -65,10 +66,11 @@ def wavefront(system: GridSystem, trace) -> list[torch.Tensor]:
 
     Example:
         >>> import torch, trilib
-        >>> rnn = torch.nn.RNN(2, 3, num_layers=2)
+        >>> rnn = torch.nn.RNN(2, 3, num_layers=3)                       # k = 3, τ = 4
         >>> U = trilib.backward_system(rnn, torch.randn(4, 1, 2), lambda o: o[0].sum())
-        >>> trilib.solve(U, "wavefront", return_trace=True)[1].steps
-        5
+        >>> _, trace = trilib.solve(U, "wavefront", return_trace=True)
+        >>> trace.steps == 3 + 4 - 1, trace.work == 3 * 4 * 2 - 3 - 4
+        (True, True)
     """
     k, tau = system.grid_shape
     v = system.r.new_zeros(k + 1, tau + 1, *system.r.shape[2:])
@@ -88,7 +90,8 @@ def wavefront(system: GridSystem, trace) -> list[torch.Tensor]:
 
 def time_scan(p: torch.Tensor, x: torch.Tensor, trace=None, pairs_of=None) -> torch.Tensor:
     """Solve ``X_t = x_t + P_t X_{t+1}`` (t = τ-1..0, ``X_τ = 0``) for a batch of rows at once
-    by recursive doubling (Hillis–Steele suffix scan on affine maps, docs/theory.md §5).
+    by trilib's affine scan (:func:`~trilib.solvers._affine.scan`, recursive doubling, a suffix
+    scan over time; docs/theory.md §5).
 
     Args:
         p: ``(L, τ, batch, n, n)`` couplings ``P_t`` (``P_{τ-1}`` is ignored).
@@ -106,18 +109,16 @@ def time_scan(p: torch.Tensor, x: torch.Tensor, trace=None, pairs_of=None) -> to
         [7.0, 3.0, 1.0]
     """
     tau = x.shape[1]
-    p, x = p.clone(), x.clone()
-    p[:, -1] = 0
-    s = 1
-    while s < tau:
-        x[:, :-s] += p[:, :-s] @ x[:, s:]            # the right side is evaluated first
-        if 2 * s < tau:                              # the last doubling needs no new P
-            p[:, :-s] = p[:, :-s] @ p[:, s:]
-        if trace is not None:
-            pairs = pairs_of(list(range(tau - s)), s) if pairs_of else []
-            trace.add_step(pairs, work=2 * len(pairs))
-        s *= 2
-    return x
+    # in scan order the last time step comes first: position q is t = τ-1-q, its source t + 1
+    B, r = p.flip(1).movedim(1, 0), x.flip(1).movedim(1, 0)     # copies, in scan order
+    B[0] = 0
+
+    def record(step):
+        pairs = pairs_of(list(range(tau - step.dist)), step.dist) if pairs_of else []
+        trace.add_step(pairs, work=2 * len(pairs))
+
+    X = scan(B, r, doubling(tau), record=None if trace is None else record)
+    return X.movedim(0, 1).flip(1)
 
 
 def _dense(e: torch.Tensor) -> torch.Tensor:
@@ -141,7 +142,7 @@ def _apply(e: torch.Tensor, kind: str, y: torch.Tensor) -> torch.Tensor:
 
 
 @register("nested", GridSystem, family=("rnn", "direct"))
-def nested(system: GridSystem, trace) -> list[torch.Tensor]:
+def nested(system: GridSystem, trace) -> BlockVector:
     """Cyclic reduction over layers whose block solves are recursive-doubling scans over time.
 
     In the layer ordering the system is ``A_l V_l - E_l V_{l+1} = R_l`` (l = 1..k), where
@@ -178,57 +179,77 @@ def nested(system: GridSystem, trace) -> list[torch.Tensor]:
     check_memory(nested_bytes(k, tau, batch, n, system.r.element_size()),
                  f"method 'nested' on a k={k} x τ={tau} grid (per-sample {n}x{n} blocks, batch {batch})",
                  "Use method='wavefront' or 'sequential', which never form n x n blocks.")
-    idx = system.index
     # Step 0 (factorised blocks only): every block at once, P_{l,t} = D_{l,t} U_l^T (time) and
     # E_{l,t} = D_{l,t} W_{l+1}^T (depth).
     p, e = system.time_blocks(), system.depth_blocks()[:-1]
     if trace is not None and system.factorised:
         trace.add_step(work=k * tau + (k - 1) * tau)
+    v = _Nested(system, trace, p).reduce(list(range(k)), system.r.unsqueeze(-1), e, "diag")
+    return system.to_blocks(v.squeeze(-1))
 
-    def scan(rows, rhs):
+
+class _Nested:
+    """The recursion of :func:`nested` over the layer rows ``rows`` (right-hand sides with the
+    coupling columns appended, ``(L, τ, batch, n, m)``), with the time blocks ``p``."""
+
+    def __init__(self, system: GridSystem, trace, p: torch.Tensor):
+        self.system, self.trace, self.p, self.tau = system, trace, p, system.grid_shape[1]
+
+    def scan(self, rows: list[int], rhs: torch.Tensor) -> torch.Tensor:
+        """``A_l^{-1} rhs_l`` for the layer rows ``rows``: one time scan."""
+        idx = self.system.index
+
         def pairs_of(ts, s):
             return [(idx(l, t), idx(l, t + s)) for l in rows for t in ts]
-        return time_scan(p[rows], rhs, trace, pairs_of)
+        return time_scan(self.p[rows], rhs, self.trace, pairs_of)
 
-    def reduce(rows: list[int], r: torch.Tensor, e: torch.Tensor, kind: str) -> torch.Tensor:
+    def record(self, rows: list[int], targets: list[int], work: int) -> None:
+        """A step in which each row ``targets[i]`` takes the row below it, at every time."""
+        if self.trace is not None:
+            idx = self.system.index
+            self.trace.add_step([(idx(rows[t], s), idx(rows[t + 1], s)) for t in targets
+                                 for s in range(self.tau)], work=work)
+
+    def reduce(self, rows: list[int], r: torch.Tensor, e: torch.Tensor, kind: str) -> torch.Tensor:
+        """One level of cyclic reduction (steps 1-4 of :func:`nested`), recursing on the evens."""
         L = len(rows)
         if L == 1:
-            return scan(rows, r)
+            return self.scan(rows, r)
         odd, even = list(range(1, L, 2)), list(range(0, L, 2))
         with_e = [o for o in odd if o + 1 < L]         # odd rows that couple further down
-        rhs = r[odd]
-        if with_e:
-            ez = _dense(e[with_e]) if kind == "diag" else e[with_e]
-            if len(with_e) < len(odd):                 # the last row has no coupling: pad
-                ez = torch.cat([ez, ez.new_zeros(1, *ez.shape[1:])])
-            rhs = torch.cat([rhs, ez], dim=-1)
-        yz = scan([rows[o] for o in odd], rhs)          # [Y | Z] = A^{-1} [R | E], odd rows
-        # even rows absorb the odd row below them
-        targets = [e_ for e_ in even if e_ + 1 < L]
-        below = [odd.index(t + 1) for t in targets]
-        upd = _apply(e[targets], kind, yz[below])
-        if trace is not None:
-            trace.add_step([(idx(rows[t], s), idx(rows[t + 1], s)) for t in targets for s in range(tau)],
-                           work=len(targets) * (tau if kind == "diag" else tau * tau))
-        r_new = r[even].clone()
-        r_new[: len(targets)] += upd[..., :1]
-        e_new = upd[[i for i, t in enumerate(targets) if t + 2 < L]][..., 1:]
-        v_even = reduce([rows[i] for i in even], r_new, e_new, "dense")
-        # back-substitute the odd rows
+        yz = self.scan([rows[o] for o in odd], self._odd_rhs(r[odd], e, with_e, len(odd), kind))
+        r_even, e_even = self._absorb(rows, r, e, yz, kind)
+        v_even = self.reduce([rows[i] for i in even], r_even, e_even, "dense")
         v_odd = yz[..., :1]
-        if with_e:
+        if with_e:                                     # back-substitute the odd rows
             nxt = [even.index(o + 1) for o in with_e]
             v_odd = v_odd.clone()
             v_odd[: len(with_e)] += _apply(yz[: len(with_e), ..., 1:], "dense", v_even[nxt])
-            if trace is not None:
-                trace.add_step([(idx(rows[o], s), idx(rows[o + 1], s)) for o in with_e for s in range(tau)],
-                               work=len(with_e) * tau * tau)
+            self.record(rows, with_e, len(with_e) * self.tau * self.tau)
         out = torch.empty(L, *r.shape[1:], dtype=r.dtype, device=r.device)
         out[even], out[odd] = v_even, v_odd
         return out
 
-    v = reduce(list(range(k)), system.r.unsqueeze(-1), e, "diag").squeeze(-1)
-    return system.to_blocks(v)
+    @staticmethod
+    def _odd_rhs(r_odd, e, with_e: list[int], n_odd: int, kind: str) -> torch.Tensor:
+        """``[R_o | E_o]``: the odd rows' right-hand sides and their couplings as columns."""
+        if not with_e:
+            return r_odd
+        ez = _dense(e[with_e]) if kind == "diag" else e[with_e]
+        if len(with_e) < n_odd:                        # the last row has no coupling: pad
+            ez = torch.cat([ez, ez.new_zeros(1, *ez.shape[1:])])
+        return torch.cat([r_odd, ez], dim=-1)
+
+    def _absorb(self, rows, r, e, yz, kind):
+        """Step 2: even rows take the odd row below them, ``R_e += E_e Y``, ``E_e <- E_e Z``."""
+        L = len(rows)
+        odd, even = list(range(1, L, 2)), list(range(0, L, 2))
+        targets = [e_ for e_ in even if e_ + 1 < L]
+        upd = _apply(e[targets], kind, yz[[odd.index(t + 1) for t in targets]])
+        self.record(rows, targets, len(targets) * (self.tau if kind == "diag" else self.tau * self.tau))
+        r_new = r[even].clone()
+        r_new[: len(targets)] += upd[..., :1]
+        return r_new, upd[[i for i, t in enumerate(targets) if t + 2 < L]][..., 1:]
 
 
 def nested_bytes(k: int, tau: int, batch: int, n: int, itemsize: int) -> int:

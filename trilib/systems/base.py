@@ -14,7 +14,7 @@ from functools import cached_property
 
 import torch
 
-from .._checks import check_memory
+from .._checks import check_int, check_memory
 from .._numerics import rel_error
 from .vector import BlockVector
 
@@ -82,8 +82,8 @@ class TriangularSystem:
 
     # -- shared behaviour ------------------------------------------------------------------
     def _check_sample(self, sample: int) -> int:
-        if not isinstance(sample, int) or not -self.batch_size <= sample < self.batch_size:
-            raise IndexError(f"sample must be an int in [0, {self.batch_size}), got {sample!r}")
+        sample = check_int("sample", sample, -self.batch_size, self.batch_size - 1, error=IndexError,
+                           span=f"in [0, {self.batch_size})")
         return sample % self.batch_size
 
     def to_dense(self, sample: int = 0) -> torch.Tensor:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from .._checks import check_int
 from .base import TriangularSystem
 from .bidiagonal import BlockBidiagonalSystem
 from .vector import BlockVector
@@ -157,8 +158,7 @@ class GridSystem(TriangularSystem):
 
     def _layer_rhs(self, layer: int, incoming: torch.Tensor | None) -> torch.Tensor:
         k = self.layers
-        if not isinstance(layer, int) or not 0 <= layer < k:
-            raise IndexError(f"layer must be an int in [0, {k}), got {layer!r}")
+        check_int("layer", layer, 0, k - 1, error=IndexError, span=f"in [0, {k})")
         rhs = self.r[layer]
         if layer < k - 1:
             if incoming is None or incoming.shape != rhs.shape:

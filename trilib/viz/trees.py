@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..solvers import check_method, solve
 from ..systems import BlockBidiagonalSystem
 from ..trace import Trace
@@ -26,9 +27,7 @@ def tree_trace(method: str, k: int, upper: bool = True) -> Trace:
     shows the tree of any size cheaply. Example: ``tree_trace("blelloch", 8).steps == 5``.
     """
     check_method(method)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    k = int(k)
+    k = check_int("k", k, 1)
     gen = torch.Generator().manual_seed(0)
     mats = [torch.randn(1, 1, generator=gen, dtype=torch.float64) for _ in range(k - 1)]
     rhs = [torch.randn(1, 1, generator=gen, dtype=torch.float64) for _ in range(k)]
