@@ -58,7 +58,7 @@ def sample_ids(shape: torch.Size, layout: Layout | None, batch: int) -> torch.Te
     ids = torch.arange(batch).repeat_interleave(c).repeat(a)
     view = [1] * len(shape)
     view[d] = shape[d]
-    return ids.reshape(view).expand(tuple(shape))
+    return ids.reshape(view).expand(tuple(shape)).contiguous()
 
 
 def read_layout(ids: torch.Tensor, batch: int) -> Layout | None | bool:
