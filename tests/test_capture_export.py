@@ -180,3 +180,13 @@ def test_mixing_the_batch_is_refused_with_source_line():
 
     with pytest.raises(UnsupportedLayerError, match=r"test_capture_export.py:\d+ .*h.norm"):
         trilib.backward_system(Norm().to(DT), torch.randn(4, 3, dtype=DT), loss_fn)
+
+
+def test_small_gpt_builder():
+    net = trilib.nets.gpt(vocab=5, width=4, layers=1, heads=2, tokens=3, seed=0, dtype=DT).eval()
+    idx = torch.randint(0, 5, (2, 3))
+    U = assert_all_methods_match(net, idx, lambda out: nn.functional.cross_entropy(
+        out.reshape(-1, 5), idx.reshape(-1)))
+    assert U.batch_size == 2 and net.head.weight is net.tok.weight
+    with pytest.raises(ValueError, match="width divisible by heads"):
+        trilib.nets.gpt(width=5, heads=2)
