@@ -14,11 +14,11 @@ from trilib._checks import UnsupportedLayerError
 DT = torch.float64
 
 
-def loss_fn(out):
+def tanh_loss(out):
     return out.tanh().square().sum() + out.sum()
 
 
-def assert_all_methods_match(net, x, loss=loss_fn):
+def assert_all_methods_match(net, x, loss=tanh_loss):
     ref = autograd_grads(net, x, loss)
     U = trilib.backward_system(net, x, loss)
     for m in trilib.methods(U):
@@ -179,7 +179,7 @@ def test_mixing_the_batch_is_refused_with_source_line():
             return h / h.norm()            # couples every sample
 
     with pytest.raises(UnsupportedLayerError, match=r"test_capture_export.py:\d+ .*h.norm"):
-        trilib.backward_system(Norm().to(DT), torch.randn(4, 3, dtype=DT), loss_fn)
+        trilib.backward_system(Norm().to(DT), torch.randn(4, 3, dtype=DT), tanh_loss)
 
 
 def test_small_gpt_builder():

@@ -59,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SIZES)
     p.add_argument("--suite", default="mlp,rnn",
                    help="comma-separated: mlp, rnn, gated (GRU/LSTM forward and forward+backward "
-                        "against nn.GRU/nn.LSTM, sizes of trilib.bench.gated) (default: %(default)s)")
+                        "against nn.GRU/nn.LSTM, sizes of trilib.bench.gated), models (the small GPT of "
+                        "trilib.bench.models, every method against autograd in subprocesses) "
+                        "(default: %(default)s)")
     p.add_argument("--k", type=_ints, default=None, help="MLP depths (see 'sizes' below)")
     p.add_argument("--n", type=_ints, default=None, help="MLP and RNN widths (see 'sizes' below)")
     p.add_argument("--batch", type=_ints, default=None, help="batch sizes (see 'sizes' below)")
@@ -120,9 +122,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark from the command line; returns the result dict it wrote."""
     args = parser().parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    bad = [s for s in suites if s not in ("mlp", "rnn", "gated")]
+    bad = [s for s in suites if s not in ("mlp", "rnn", "gated", "models")]
     if bad:
-        raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn, gated")
+        raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn, gated, models")
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
     if min(args.fixed_k, args.fixed_n, args.fixed_batch) < 1:
@@ -155,6 +157,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from .gated import run_gated
 
         rows += run_gated(device=device, dtype=dtype, repeats=args.repeats, warmup=args.warmup, progress=say)
+    model_rows = []
+    if "models" in suites:
+        from .models import run_models
+
+        model_rows = run_models(repeats=args.repeats, progress=say)
     name = device_name(device)
     stem = f"{device.type}-{_slug(name)}" + (f"-{_slug(args.tag)}" if args.tag else "")
     machine = _machine(device, name, stem)
@@ -168,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "notes": notes,
         "crossover": crossovers(rows),
         "rows": rows,
+        "models": model_rows,
     }
     jax_line = (f"jax {machine['jax']} (jaxlib {machine['jaxlib']})" if machine["jax"]
                 else "no jax")
@@ -184,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from .gated import gated_table
 
         print(gated_table(rows))
+    if model_rows:
+        from .models import models_table
+
+        print(models_table(model_rows))
     for key, c in result["crossover"].items():
         if c["largest"] is None:
             continue
