@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.fx
 from torch import nn
-from torch.func import vjp
 from torch.utils import _pytree as pytree
 
 from .._autograd import loss_gradients
@@ -187,29 +186,53 @@ def _structure(rec: _Recorded, row: _Row) -> str:
     return "dense"
 
 
-def _block_vjp(rec: _Recorded, row: _Row) -> Callable:
-    """The node's transpose Jacobian on blocks: ``(B, n_j) -> [(B, n_i) per parent]``."""
-    primals = tuple(rec.values[p] for p in row.parents)
-    frozen = {name: rec.values[p] for name, p in row.params.items()}
-    with torch.no_grad():
-        _, fn = vjp(lambda *vals: row(vals, frozen), *primals)
-    lay, shape = rec.layout[row.node], tuple(rec.values[row.node].shape)
-    out = [(rec.layout[p], rec.batch) for p in row.parents]
+class _Linearized:
+    """One block row's forward recorded once by autograd (like autograd's own forward), so
+    each transpose-Jacobian product is one ``torch.autograd.grad`` on blocks, without retracing."""
 
-    def block_fn(v: torch.Tensor) -> list[torch.Tensor]:
-        cots = fn(L.from_blocks(v, lay, shape))
-        return [L.to_blocks(c, pl, b) for c, (pl, b) in zip(cots, out)]
+    def __init__(self, rec: _Recorded, row: _Row):
+        with torch.enable_grad():
+            self.ins = [rec.values[p].detach().requires_grad_(True) for p in row.parents]
+            self.ps = {n: rec.values[p].detach().requires_grad_(True) for n, p in row.params.items()}
+            self.out = row(self.ins, self.ps)
+        self.layout, self.shape = rec.layout[row.node], tuple(rec.values[row.node].shape)
+        self.parent_layouts = [rec.layout[p] for p in row.parents]
+        self.batch = rec.batch
 
-    return block_fn
+    def _grad(self, inputs, v: torch.Tensor, batched: bool):
+        if not inputs:
+            return []
+        if batched:          # (E, B, n): E cotangents at once (materialising a dense block)
+            cot = torch.vmap(lambda u: L.from_blocks(u, self.layout, self.shape))(v)
+        else:
+            cot = L.from_blocks(v, self.layout, self.shape)
+        grads = torch.autograd.grad(self.out, inputs, cot, retain_graph=True, allow_unused=True,
+                                    is_grads_batched=batched)
+        return [torch.zeros_like(x) if g is None and not batched else g
+                for g, x in zip(grads, inputs)]
+
+    def parents_vjp(self, v: torch.Tensor, batched: bool = False) -> list[torch.Tensor]:
+        """``[J_ji^T v_j]`` per parent ``i``, each ``(B, n_i)`` (``(E, B, n_i)`` if batched)."""
+        grads = self._grad(self.ins, v, batched)
+        conv = (lambda g, lay: torch.vmap(lambda t: L.to_blocks(t, lay, self.batch))(g)) if batched \
+            else (lambda g, lay: L.to_blocks(g, lay, self.batch))
+        return [conv(g if g is not None else torch.zeros(v.shape[0], *x.shape, dtype=v.dtype),
+                     lay) for g, x, lay in zip(grads, self.ins, self.parent_layouts)]
+
+    def params_vjp(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: (dx_j/dp)^T v_j}`` for the parameters this row reads."""
+        return dict(zip(self.ps, self._grad(list(self.ps.values()), v, False)))
 
 
-def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> Callable:
-    """:func:`_block_vjp`, refused before any solve if it has no rule or mixes samples."""
+def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> _Linearized:
+    """:class:`_Linearized`, refused before any solve if it has no rule or mixes samples."""
     node = row.node
     try:
-        fn = _block_vjp(rec, row)
+        lin = _Linearized(rec, row)
+        fn = lin.parents_vjp
         with torch.no_grad():
             fn(rec.values[node].new_zeros(rec.batch, width))
+            lin.params_vjp(rec.values[node].new_zeros(rec.batch, width))
     except Exception as e:
         raise UnsupportedLayerError(
             f"{_where(node)} has no Jacobian rule in torch.func: {type(e).__name__}: {e}. Replace "
@@ -220,7 +243,7 @@ def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> Callable:
             "one sample's output sends gradient to another sample's input, so per-sample "
             "Jacobians cannot describe it. Keep every operation per sample (reduce over "
             "features, not over the batch dimension) or move the reduction into loss_fn")
-    return fn
+    return lin
 
 
 def _check_inputs(module: nn.Module, x: torch.Tensor) -> None:
@@ -309,14 +332,15 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
     loss, out_grads = _output_gradients(rec, index, g, loss_fn)
     batch = rec.batch
     rows = [_Row(rec, n, index) for n in unknowns]
-    nodes, vjps, weights = [], [], []
+    nodes, vjps, weights, lins = [], [], [], []
     for row in rows:
         value, lay = rec.values[row.node], rec.layout[row.node]
         width = value.numel() // batch
         structure = _structure(rec, row)
         nodes.append(GraphNode(row.node.name, op_name(row.node), (width,),
                                tuple(index[p] for p in row.parents), structure, lay))
-        vjps.append(_checked_vjp(rec, row, width) if row.parents else None)
+        lins.append(_checked_vjp(rec, row, width))
+        vjps.append(lins[-1].parents_vjp if row.parents else None)
         weights.append(rec.values[row.node.args[1]] if structure == "linear" else None)
     rhs = [rec.values[n].new_zeros(batch, rec.values[n].numel() // batch) for n in unknowns]
     for i, gi in out_grads:
@@ -329,16 +353,9 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
         """``dE/dp`` from the solved errors: one VJP per node w.r.t. its parameters."""
         system._check_solution(v)
         found: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for j, row in enumerate(rows):
-                if not row.params:
-                    continue
-                vals = tuple(rec.values[p] for p in row.parents)
-                ps = {n: rec.values[p] for n, p in row.params.items()}
-                _, fn = vjp(lambda p, row=row, vals=vals: row(vals, p), ps)
-                value = rec.values[row.node]
-                (grads,) = fn(L.from_blocks(v[j], rec.layout[row.node], tuple(value.shape)))
-                for n, gr in grads.items():
+        for j, row in enumerate(rows):
+            if row.params:
+                for n, gr in lins[j].params_vjp(v[j]).items():
                     key = owner.get(n, n)
                     found[key] = gr if key not in found else found[key] + gr
         return {n: found[n] if n in found else torch.zeros_like(p)

@@ -118,7 +118,7 @@ class GraphSystem(TriangularSystem):
         """Every block ``N_ij = J_ji^T`` as a ``(batch, n_i, n_j)`` tensor (cached).
 
         Linear layers give ``W^T`` (shared, expanded without copy), element-wise operations
-        ``diag(J^T 1)``, anything else a VJP vmapped over the ``n_j`` basis vectors.
+        ``diag(J^T 1)``, anything else the VJP batched over the ``n_j`` basis vectors.
         """
         if self._blocks is not None:
             return self._blocks
@@ -142,7 +142,7 @@ class GraphSystem(TriangularSystem):
                 else:
                     eye = torch.eye(sizes[j], dtype=self.dtype, device=self.device)
                     basis = eye.unsqueeze(1).expand(sizes[j], batch, sizes[j])
-                    rows = torch.vmap(lambda e, j=j: tuple(self.transpose_jacobian(j, e).values()))(basis)
+                    rows = self._vjps[j](basis, batched=True)
                     for i, r in zip(node.parents, rows):
                         blocks[(i, j)] = r.permute(1, 2, 0)       # (batch, n_i, n_j) = J_ji^T
         self._blocks = blocks
