@@ -177,7 +177,7 @@ class _Row:
 def _structure(rec: _Recorded, row: _Row) -> str:
     node, value = row.node, rec.values[row.node]
     kind = L.op_kind(node)
-    if (kind == "linear" and len(row.parents) == 1 and node.args[0] is row.parents[0]
+    if (kind == "linear" and (not row.parents or (len(row.parents) == 1 and node.args[0] is row.parents[0]))
             and value.dim() == 2 and rec.layout[node] == (0, 1, 1) and not row.inlined):
         return "linear"
     if kind in _ELEMENTWISE and all(rec.values[p].shape == value.shape
