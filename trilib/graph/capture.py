@@ -325,7 +325,7 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
     """
     _check_inputs(module, x)
     rec = _Recorded(module, x)
-    check_finite_named([("tensor constant", n, t) for n, t in rec.program.constants.items()
+    check_finite_named([("tensor attribute", n, t) for n, t in rec.program.constants.items()
                         if isinstance(t, torch.Tensor)])
     unknowns = _unknowns(rec)
     index = {n: i for i, n in enumerate(unknowns)}
