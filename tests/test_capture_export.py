@@ -15,7 +15,7 @@ DT = torch.float64
 
 
 def tanh_loss(out):
-    return out.tanh().square().sum() + out.sum()
+    return out.tanh().square().sum() + 0.5 * out.sum()
 
 
 def assert_all_methods_match(net, x, loss=tanh_loss):
