@@ -89,7 +89,7 @@ def run_models(vocab: int = 32, width: int = 16, layers: int = 2, tokens: int = 
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             if done.returncode:
-                row["note"] = (done.stderr.strip().splitlines() or ["failed"])[-1][:200]
+                row["note"] = (done.stderr.strip().splitlines() or ["failed"])[-1]
             else:
                 row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         except subprocess.TimeoutExpired:
@@ -111,7 +111,7 @@ def models_table(rows: list[dict]) -> str:
              f"{'rel err':>10}  note"]
     for r in rows:
         def fmt(v, spec):
-            return format(v, spec) if v is not None else "-"
+            return format(v, spec) if v is not None else format("-", f">{spec.split('.')[0]}")
         lines.append(f"{r['method']:<16}{fmt(r['seconds'], '10.4f')}{fmt(r['ratio'], '12.1f')}"
                      f"{fmt(r['peak_rss_mb'], '10.0f')}{fmt(r['rss_ratio'], '8.2f')}"
                      f"{fmt(r['rel_error'], '10.1e')}  {r['note']}")
