@@ -60,7 +60,9 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SIZES)
     p.add_argument("--suite", default="mlp,rnn",
                    help="comma-separated: mlp, rnn, gated (GRU/LSTM forward and forward+backward "
-                        "against nn.GRU/nn.LSTM, sizes of trilib.bench.gated) (default: %(default)s)")
+                        "against nn.GRU/nn.LSTM, sizes of trilib.bench.gated), models (the small GPT of "
+                        "trilib.bench.models, every method against autograd in subprocesses) "
+                        "(default: %(default)s)")
     p.add_argument("--k", type=_ints, default=None, help="MLP depths (see 'sizes' below)")
     p.add_argument("--n", type=_ints, default=None, help="MLP and RNN widths (see 'sizes' below)")
     p.add_argument("--batch", type=_ints, default=None, help="batch sizes (see 'sizes' below)")
@@ -127,9 +129,9 @@ def check(args: argparse.Namespace) -> dict:
     """Every option of the command line, before anything runs: the suites, device, dtype and
     methods to measure (``SystemExit`` with the option's name for a bad one)."""
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    bad = [s for s in suites if s not in ("mlp", "rnn", "gated")]
+    bad = [s for s in suites if s not in ("mlp", "rnn", "gated", "models")]
     if bad:
-        raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn, gated")
+        raise SystemExit(f"--suite: unknown suite(s) {bad}; choose from mlp, rnn, gated, models")
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
     if min(args.fixed_k, args.fixed_n, args.fixed_batch) < 1:
@@ -178,6 +180,17 @@ def measure_rows(args: argparse.Namespace, cfg: dict) -> list[dict]:
     return rows
 
 
+def measure_models(args: argparse.Namespace, cfg: dict) -> list[dict]:
+    """The models suite (the small GPT, every listed method against autograd, one subprocess
+    each), when asked for."""
+    if "models" not in cfg["suites"]:
+        return []
+    from .models import run_models
+
+    say = lambda line: print(f"  {line}", file=sys.stderr, flush=True)  # noqa: E731
+    return run_models(repeats=args.repeats, progress=say)
+
+
 def _unused(args: argparse.Namespace, rows: list[dict]) -> list[str]:
     """A note for each method of --methods that applied to none of the systems measured."""
     asked = [m.strip() for m in args.methods.split(",")] if args.methods else []
@@ -186,7 +199,7 @@ def _unused(args: argparse.Namespace, rows: list[dict]) -> list[str]:
 
 
 def make_result(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.device,
-                rows: list[dict]) -> dict:
+                rows: list[dict], model_rows: list[dict]) -> dict:
     """The result dict that is saved: the machine, the options, the rows and the crossovers."""
     name = device_name(device)
     stem = f"{device.type}-{_slug(name)}" + (f"-{_slug(args.tag)}" if args.tag else "")
@@ -199,6 +212,7 @@ def make_result(args: argparse.Namespace, argv: Sequence[str] | None, device: to
         "notes": ([machine["jax_reason"]] if machine["jax"] is None else []) + _unused(args, rows),
         "crossover": crossovers(rows),
         "rows": rows,
+        "models": model_rows,
     }
 
 
@@ -217,6 +231,10 @@ def report(result: dict) -> str:
         from .gated import gated_table
 
         lines.append(gated_table(rows))
+    if result["models"]:
+        from .models import models_table
+
+        lines.append(models_table(result["models"]))
     for key, c in result["crossover"].items():
         if c["largest"] is None:
             continue
@@ -251,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     cfg = check(args)
     configure(args, cfg["device"])
-    result = make_result(args, argv, cfg["device"], measure_rows(args, cfg))
+    result = make_result(args, argv, cfg["device"], measure_rows(args, cfg), measure_models(args, cfg))
     text = report(result)
     print(text)
     for path in write_outputs(result, args, text):

@@ -1,8 +1,10 @@
 """General computation graphs (DAGs) as triangular systems, through Jacobians (docs/theory.md §3-4).
 
-``torch.fx`` traces a module into a graph of operations. Every operation ``i`` whose output
-``x_i`` carries the batch becomes one block row; its error ``v_i = dE/dx_i`` (flattened per
-sample) satisfies
+``torch.export`` records a module's forward pass as a graph of ATen operations (hooks, patched
+forwards, parametrizations and in-place ops included). Every operation ``i`` whose output
+``x_i`` depends on a parameter and on the input becomes one block row (integer inputs such as
+token ids are data); its error ``v_i = dE/dx_i`` (one sample's part, flattened, wherever the
+batch lives in the tensor: :mod:`trilib.graph.layout`) satisfies
 
     v_i = r_i + sum over children j of  J_ji^T v_j,        J_ji = d x_j / d x_i  (per sample)
 
@@ -11,11 +13,11 @@ the unit upper block triangular system ``(I - N) v = r`` with ``N_ij = J_ji^T``:
 pattern is the graph's edges. An FNN is the chain; skips, branches and merges add blocks
 further from the diagonal.
 
-Matrix-free use (``sequential``, ``jacobi``) needs only vector-Jacobian products ``J^T v``
-(:func:`torch.func.vjp`); direct parallel methods (``level_schedule``, ``doubling``) need the
-blocks themselves, materialised per sample: structured where cheap (``W^T`` for a Linear,
-``diag(f'(x))`` for element-wise operations) and otherwise by a VJP vmapped over basis
-vectors (what ``torch.func.jacrev`` does).
+Matrix-free methods (``sequential``, ``level_schedule``, ``jacobi``) need only vector-Jacobian
+products ``J^T v`` (one ``torch.autograd.grad`` per row on the row's recorded forward);
+``doubling`` needs the blocks themselves, materialised per sample: structured where cheap
+(``W^T`` for a Linear, ``diag(f'(x))`` for element-wise operations) and otherwise by the VJP
+batched over basis vectors (what ``torch.func.jacrev`` does).
 
 Example:
     >>> import torch, trilib

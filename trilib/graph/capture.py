@@ -1,358 +1,362 @@
-"""Capture: ``torch.fx`` traces a module into a graph, and each operation whose output carries
-the batch becomes a block row of a :class:`~trilib.systems.GraphSystem` (docs/theory.md §3-4)."""
+"""Capture: ``torch.export`` records a module's forward pass as a graph of ATen operations, and
+each operation whose output depends on a parameter and on the input (and keeps the samples
+apart) becomes a block row of a :class:`~trilib.systems.GraphSystem` (docs/theory.md §3-4).
+
+Node kinds: *unknowns* (block rows: floating tensors that depend on a parameter and on the
+input, with a batch layout); *inlined* operations (parameter-only tensors such as ``W^T``, a
+parametrized or pruned weight, and multi-output operations) recomputed inside the block row
+that reads them, so their parameters get their gradients there; and *data* (everything that
+does not depend on a parameter: token ids, masks, positions), held fixed at its recorded value.
+"""
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vjp
+from torch.utils import _pytree as pytree
 
-from .._autograd import ELEMENTWISE, loss_gradients
-from .._checks import (
-    UnsupportedLayerError,
-    check_finite,
-    check_finite_named,
-    check_matches,
-    global_hooks,
-    module_tensors,
-    plain_module,
-)
+from .._autograd import loss_gradients
+from .._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches, module_tensors
 from ..systems import BackwardProblem, GraphNode, GraphSystem
-from ._probes import mixes_samples, runs
+from . import layout as L
+from ._probes import mixes_samples
+from .export import export_program, op_name, source_line
 
 __all__ = ["capture", "backward_problem"]
 
-# Functions and tensor methods that act element by element: when every graph parent has the
-# output's shape, each Jacobian block is diagonal and J^T 1 is that diagonal.
-_ELEMENTWISE_FUNCS = {
-    operator.add, operator.sub, operator.mul, operator.neg, operator.truediv, torch.add, torch.sub,
-    torch.mul, torch.neg, torch.div, torch.tanh, torch.sigmoid, torch.relu, torch.exp, torch.sin,
-    torch.cos, F.relu, F.gelu, F.silu, F.elu, F.softplus, F.leaky_relu, F.tanh, F.sigmoid,
-}
-_ELEMENTWISE_METHODS = {"add", "sub", "mul", "neg", "div", "tanh", "sigmoid", "relu", "exp", "sin",
-                        "cos"}
+# ATen operations that act element by element: with parents of the output's shape and layout,
+# each Jacobian block is diagonal and J^T 1 is that diagonal.
+_ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "sin", "cos",
+                "gelu", "silu", "elu", "softplus", "leaky_relu", "pow", "sqrt", "rsqrt", "log",
+                "hardtanh", "clone", "alias", "_to_copy", "square", "abs", "erf"}
 
 
-def _op_name(node: torch.fx.Node, root: nn.Module | None = None) -> str:
-    """A readable name of the operation a node performs, for errors and plots."""
-    if node.op == "call_module":
-        mod = root.get_submodule(node.target) if root is not None else None
-        return f"{node.target} ({type(mod).__name__})" if mod is not None else str(node.target)
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", str(node.target))
-    if node.op == "call_method":
-        return f".{node.target}()"
-    return f"{node.op} {node.target}"
+def _where(node) -> str:
+    return f"operation {op_name(node)} (graph node {node.name!r}, at {source_line(node)})"
 
 
-# -- capture ------------------------------------------------------------------------------
-_TRAIN_ONLY = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
-def _trace(module: nn.Module) -> torch.fx.GraphModule:
-    for name, sub in module.named_modules():
-        if isinstance(sub, _TRAIN_ONLY) and sub.training:
-            raise UnsupportedLayerError(
-                f"layer {name or type(module).__name__} ({type(sub).__name__}) is in training mode, "
-                "where it mixes samples or is random, so per-sample Jacobians do not describe it; "
-                "call model.eval() first")
-    try:
-        return torch.fx.symbolic_trace(module)
-    except Exception as e:  # fx raises many kinds: TraceError, TypeError, NotImplementedError
-        raise UnsupportedLayerError(
-            f"torch.fx cannot trace {type(module).__name__}: {type(e).__name__}: {e}. Make its "
-            "forward free of control flow that depends on tensor values (or move that part into "
-            "a submodule torch.fx treats as a leaf), or compute dE/dp with torch.autograd") from e
-
-
-class _Capture:
-    """A traced module run once, keeping what each graph node needs to be re-evaluated."""
+class _Recorded:
+    """An exported program run once on ``x``: every node's value, what it depends on (a
+    parameter, the input) and where its batch lives."""
 
     def __init__(self, module: nn.Module, x: torch.Tensor):
-        self.module = module
-        self.gm = _trace(module)
-        self.graph = self.gm.graph
-        places = [n for n in self.graph.nodes if n.op == "placeholder"]
-        if len(places) != 1:
-            raise UnsupportedLayerError(
-                f"{type(module).__name__}.forward takes {len(places)} inputs "
-                f"({', '.join(n.name for n in places)}); trilib's graph path needs exactly one "
-                "input tensor x: wrap the model so the other inputs are fixed attributes")
-        self.input = places[0]
-        self.x = x
-        self.batch = x.shape[0]
+        self.module, self.x, self.batch = module, x, x.shape[0]
+        self.program = export_program(module, x)
+        self.graph = self.program.graph_module.graph
         self.values: dict[torch.fx.Node, object] = {}
+        self.param_name: dict[torch.fx.Node, str] = {}
+        self.on_param: set[torch.fx.Node] = set()
+        self.on_input: set[torch.fx.Node] = set()
+        self.layout: dict[torch.fx.Node, object] = {}
+        self._placeholders()
         with torch.no_grad():
             for node in self.graph.nodes:
-                if node.op == "output":
-                    self.output = node.args[0]
-                    break
-                try:
-                    self.values[node] = self._eval(node, self._lookup_recorded, {})
-                except Exception as e:
-                    where = f"operation {_op_name(node, self.gm)} (graph node {node.name!r})"
-                    if not runs(module, x):       # the module itself fails: blame x, not the layer
-                        raise ValueError(
-                            f"the model fails on x of shape {tuple(x.shape)} at {where}: "
-                            f"{type(e).__name__}: {e}. Check x's shape (batch first) against "
-                            "what the model expects") from e
-                    raise UnsupportedLayerError(
-                        f"{where} failed when trilib ran the traced module: {type(e).__name__}: "
-                        f"{e}") from e
-        self._find_unknowns()
+                if node.op == "call_function":
+                    self._record(node)
+        self.output = next(n for n in self.graph.nodes if n.op == "output")
 
-    # evaluation of one node with a given way of looking up its argument nodes
-    def _eval(self, node: torch.fx.Node, lookup: Callable, params: dict[str, torch.Tensor]):
-        if node.op == "placeholder":
-            return self.x
-        if node.op == "get_attr":
-            if node.target in params:
-                return params[node.target]
-            obj = self.gm
-            for part in str(node.target).split("."):
-                obj = getattr(obj, part)
-            return obj
-        args = torch.fx.node.map_arg(node.args, lookup)
-        kwargs = torch.fx.node.map_arg(node.kwargs, lookup)
-        if node.op == "call_module":
-            mod = self.gm.get_submodule(node.target)
-            prefix = f"{node.target}."
-            local = {n[len(prefix):]: p for n, p in params.items() if n.startswith(prefix)}
-            if local:
-                return functional_call(mod, local, tuple(args), kwargs)
-            return mod(*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        raise AssertionError(f"unexpected fx node kind {node.op}")
-
-    def _lookup_recorded(self, n: torch.fx.Node):
-        return self.values[n]
-
-    def _find_unknowns(self) -> None:
-        """Block rows: floating tensors that depend on x and keep the batch dimension first."""
-        depends: set[torch.fx.Node] = {self.input}
-        self.unknowns: list[torch.fx.Node] = []
+    def _placeholders(self) -> None:
+        own = dict(self.module.named_parameters(remove_duplicate=False))
+        tensors = {**self.program.state_dict, **self.program.constants}
+        specs = {s.arg.name: s for s in self.program.graph_signature.input_specs}
         for node in self.graph.nodes:
-            if node.op in ("placeholder", "output"):
+            if node.op != "placeholder":
                 continue
-            if not any(a in depends for a in node.all_input_nodes):
-                continue
-            depends.add(node)
-            val = self.values[node]
-            if isinstance(val, torch.Tensor):
-                if not val.is_floating_point():
-                    raise UnsupportedLayerError(
-                        f"operation {_op_name(node, self.gm)} (graph node {node.name!r}) returns a "
-                        f"{val.dtype} tensor that depends on x; it has no Jacobian rule (it is not "
-                        "differentiable). Remove it from the part of the model trilib solves")
-                if val.dim() == 0 or val.shape[0] != self.batch:
-                    raise UnsupportedLayerError(
-                        f"operation {_op_name(node, self.gm)} (graph node {node.name!r}) returns "
-                        f"shape {tuple(val.shape)}, which has no leading batch dimension of size "
-                        f"{self.batch}: it mixes samples, so per-sample Jacobians cannot describe "
-                        "it. Keep the batch dimension (e.g. flatten(1) instead of view(-1)) or "
-                        "move the reduction into loss_fn")
-                self.unknowns.append(node)
-        self.index = {n: i for i, n in enumerate(self.unknowns)}
-        out = self.output
-        if not isinstance(out, torch.fx.Node) or out not in self.index:
+            spec = specs[node.name]
+            kind = spec.kind.name
+            if kind == "USER_INPUT":
+                self.values[node] = self.x
+                self.on_input.add(node)
+                self.layout[node] = L.Layout(0, 1, 1)
+            elif kind == "PARAMETER":
+                self.values[node] = own[spec.target].detach()
+                self.param_name[node] = spec.target
+                self.on_param.add(node)
+            else:
+                self.values[node] = tensors[spec.target]
+
+    def _record(self, node: torch.fx.Node) -> None:
+        args = torch.fx.node.map_arg(node.args, self.values.__getitem__)
+        kwargs = torch.fx.node.map_arg(node.kwargs, self.values.__getitem__)
+        value = self.values[node] = node.target(*args, **kwargs)
+        ins = node.all_input_nodes
+        if any(a in self.on_param for a in ins):
+            self.on_param.add(node)
+        if not any(a in self.on_input for a in ins):
+            return
+        self.on_input.add(node)
+        if node.target is operator.getitem:
+            parent = self.layout.get(node.args[0])
+            self.layout[node] = parent[node.args[1]] if isinstance(parent, tuple) else parent
+            return
+        info = [(self.values[a].shape, self.layout[a]) for a in ins
+                if a in self.on_input and isinstance(self.values[a], torch.Tensor)]
+        if any(lay is False for _, lay in info):
+            self.layout[node] = False
+            return
+        info = [i for i in info if i[1] is not None]
+        self.layout[node] = L.infer(node, value, info, self.batch, lambda: self._on_ids(node))
+
+    def _on_ids(self, node: torch.fx.Node):
+        """The node's shape operation applied to the sample indices of its first argument."""
+        def ids(a):
+            v = self.values[a]
+            lay = self.layout.get(a) if a in self.on_input else None
+            return L.sample_ids(v.shape, lay, self.batch) if isinstance(v, torch.Tensor) else v
+
+        first = torch.fx.node.map_arg(node.args[0], ids)
+        rest = torch.fx.node.map_arg(node.args[1:], self.values.__getitem__)
+        kwargs = torch.fx.node.map_arg(node.kwargs, self.values.__getitem__)
+        return node.target(first, *rest, **kwargs)
+
+    def is_unknown(self, node: torch.fx.Node) -> bool:
+        v = self.values.get(node)
+        return (node.op == "call_function" and node in self.on_param and node in self.on_input
+                and isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+def _unknowns(rec: _Recorded) -> list[torch.fx.Node]:
+    """The block rows, each checked to carry the batch in a layout trilib can follow."""
+    found = []
+    for node in rec.graph.nodes:
+        if not rec.is_unknown(node):
+            continue
+        lay = rec.layout[node]
+        if not isinstance(lay, L.Layout):
+            shape = tuple(rec.values[node].shape)
             raise UnsupportedLayerError(
-                f"{type(self.module).__name__} must return one tensor computed from x with the "
-                f"batch dimension first; it returns {out!r}. Wrap it so forward returns a single "
-                "tensor")
+                f"{_where(node)} returns shape {shape}, in which trilib cannot find the batch of "
+                f"size {rec.batch} as one factor of one dimension: it mixes samples (or reshapes "
+                "them together with other dimensions), so per-sample Jacobians cannot describe "
+                "it. Keep the batch dimension (e.g. flatten(1) instead of view(-1)) or move the "
+                "reduction into loss_fn")
+        found.append(node)
+    return found
 
-    def parents(self, node: torch.fx.Node) -> list[torch.fx.Node]:
-        """Unknowns reached through node's arguments (through ints, tuples, constants)."""
-        found: list[torch.fx.Node] = []
-        stack = list(node.all_input_nodes)
-        seen = set()
-        while stack:
-            n = stack.pop(0)
-            if n in seen:
-                continue
-            seen.add(n)
-            if n in self.index:
-                found.append(n)
-            elif n.op != "placeholder":
-                stack.extend(n.all_input_nodes)
-        return sorted(found, key=self.index.get)
 
-    def param_names(self, node: torch.fx.Node) -> list[str]:
-        """Qualified names of the parameters node's operation reads (its own and inlined)."""
-        names, stack, seen = [], [node], set()
+class _Row:
+    """One block row: its parents, the operations it recomputes, its parameters, and
+    ``f(parent values, parameters) -> value``."""
+
+    def __init__(self, rec: _Recorded, node: torch.fx.Node, index: dict):
+        self.rec, self.node = rec, node
+        parents, inlined, params = [], [], []
+        stack, seen = list(node.all_input_nodes), set()
         while stack:
             n = stack.pop()
             if n in seen:
                 continue
             seen.add(n)
-            if n.op == "call_module":
-                names += [f"{n.target}.{p}" for p, _ in
-                          self.gm.get_submodule(n.target).named_parameters()]
-            elif n.op == "get_attr" and isinstance(self.values.get(n), nn.Parameter):
-                names.append(str(n.target))
-            if n is node or n not in self.index:
-                stack.extend(a for a in n.all_input_nodes if a not in self.index)
-        return list(dict.fromkeys(names))
+            if n in index:
+                parents.append(n)
+            elif n in rec.param_name:
+                params.append(n)
+            elif n.op == "call_function" and n in rec.on_param and not (
+                    isinstance(rec.values[n], torch.Tensor) and not rec.values[n].is_floating_point()):
+                inlined.append(n)
+                stack.extend(n.all_input_nodes)
+        order = {n: i for i, n in enumerate(rec.graph.nodes)}
+        self.parents = sorted(parents, key=index.get)
+        self.inlined = sorted(inlined, key=order.get)
+        self.params = {rec.param_name[p]: p for p in sorted(params, key=order.get)}
 
-    def node_function(self, node: torch.fx.Node, parents: list[torch.fx.Node]) -> Callable:
-        """``f(parent_values, params) -> node's value``, recomputing any inlined ancestors."""
-
-        def f(values: Sequence[torch.Tensor], params: dict[str, torch.Tensor]):
-            env = dict(zip(parents, values))
-
-            def lookup(n):
-                if n in env:
-                    return env[n]
-                if n.op == "placeholder":
-                    return self.x
-                env[n] = self._eval(n, lookup, params)
-                return env[n]
-
-            return self._eval(node, lookup, params)
-
-        return f
+    def __call__(self, values: Sequence[torch.Tensor], params: dict[str, torch.Tensor]):
+        env = dict(zip(self.parents, values))
+        env.update((p, params[name]) for name, p in self.params.items() if name in params)
+        look = lambda n: env[n] if n in env else self.rec.values[n]  # noqa: E731
+        for n in (*self.inlined, self.node):
+            env[n] = n.target(*torch.fx.node.map_arg(n.args, look),
+                              **torch.fx.node.map_arg(n.kwargs, look))
+        return env[self.node]
 
 
-def _structure(cap: _Capture, node: torch.fx.Node, parents: list[torch.fx.Node]) -> str:
-    out_shape = cap.values[node].shape
-    if node.op == "call_module":
-        mod = cap.gm.get_submodule(node.target)
-        if not plain_module(mod) or global_hooks():     # hooks, patches: only its VJP is exact
-            return "dense"
-        if type(mod) is nn.Linear and (not parents or (
-                len(parents) == 1 and node.args[0] is parents[0] and cap.values[parents[0]].dim() == 2)):
-            return "linear"
-        elementwise = type(mod) in ELEMENTWISE
-    elif node.op == "call_function":
-        elementwise = node.target in _ELEMENTWISE_FUNCS
-    elif node.op == "call_method":
-        elementwise = node.target in _ELEMENTWISE_METHODS
-    else:
-        elementwise = False
-    if elementwise and all(cap.values[p].shape == out_shape for p in parents):
+def _structure(rec: _Recorded, row: _Row) -> str:
+    node, value = row.node, rec.values[row.node]
+    kind = L.op_kind(node)
+    if (kind == "linear" and (not row.parents or (len(row.parents) == 1 and node.args[0] is row.parents[0]))
+            and value.dim() == 2 and rec.layout[node] == (0, 1, 1) and not row.inlined):
+        return "linear"
+    if kind in _ELEMENTWISE and all(rec.values[p].shape == value.shape
+                                    and rec.layout[p] == rec.layout[node] for p in row.parents):
         return "diagonal"
     return "dense"
 
 
-def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
-            loss_fn: Callable | None = None):
-    """Trace ``module`` on ``x`` and build its backward :class:`GraphSystem`.
+class _Linearized:
+    """One block row's forward recorded once by autograd (like autograd's own forward), so
+    each transpose-Jacobian product is one ``torch.autograd.grad`` on blocks, without retracing."""
 
-    Args:
-        module: any ``nn.Module`` that ``torch.fx.symbolic_trace`` can trace, with one input
-            and one output tensor, both with the batch dimension first, and no operation that
-            mixes samples.
-        x: the input batch ``(batch, ...)``.
-        g: ``dE/d output`` ``(batch, ...)``; or give ``loss_fn`` and it comes from autograd.
-        loss_fn: ``loss_fn(module(x))`` returns the scalar loss E.
+    def __init__(self, rec: _Recorded, row: _Row):
+        with torch.enable_grad():
+            self.ins = [rec.values[p].detach().requires_grad_(True) for p in row.parents]
+            self.ps = {n: rec.values[p].detach().requires_grad_(True) for n, p in row.params.items()}
+            self.out = row(self.ins, self.ps)
+        self.layout, self.shape = rec.layout[row.node], tuple(rec.values[row.node].shape)
+        self.parent_layouts = [rec.layout[p] for p in row.parents]
+        self.batch = rec.batch
 
-    Returns:
-        ``(system, loss, parameter_gradients)`` where ``parameter_gradients(v)`` maps a solution
-        to ``{name: dE/dp}`` (one VJP per node w.r.t. its parameters, all independent).
+    def _grad(self, inputs, v: torch.Tensor, batched: bool):
+        if not inputs:
+            return []
+        if batched:          # (E, B, n): E cotangents at once (materialising a dense block)
+            cot = torch.vmap(lambda u: L.from_blocks(u, self.layout, self.shape))(v)
+        else:
+            cot = L.from_blocks(v, self.layout, self.shape)
+        grads = torch.autograd.grad(self.out, inputs, cot, retain_graph=True, allow_unused=True,
+                                    is_grads_batched=batched)
+        return [torch.zeros_like(x) if g is None and not batched else g
+                for g, x in zip(grads, inputs)]
 
-    Raises:
-        UnsupportedLayerError: the module cannot be traced, or an operation has no Jacobian
-            rule or mixes samples (found structurally: the batch dimension must have the batch
-            size, and a probe of each operation's vector-Jacobian product across the batch must
-            keep samples apart); the message names the operation and what to do.
-        ValueError: ``x``, a parameter, a buffer or a tensor attribute is not finite (named).
-    """
+    def parents_vjp(self, v: torch.Tensor, batched: bool = False) -> list[torch.Tensor]:
+        """``[J_ji^T v_j]`` per parent ``i``, each ``(B, n_i)`` (``(E, B, n_i)`` if batched)."""
+        grads = self._grad(self.ins, v, batched)
+        conv = (lambda g, lay: torch.vmap(lambda t: L.to_blocks(t, lay, self.batch))(g)) if batched \
+            else (lambda g, lay: L.to_blocks(g, lay, self.batch))
+        return [conv(g if g is not None else torch.zeros(v.shape[0], *x.shape, dtype=v.dtype),
+                     lay) for g, x, lay in zip(grads, self.ins, self.parent_layouts)]
+
+    def params_vjp(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: (dx_j/dp)^T v_j}`` for the parameters this row reads."""
+        return dict(zip(self.ps, self._grad(list(self.ps.values()), v, False)))
+
+
+def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> _Linearized:
+    """:class:`_Linearized`, refused before any solve if it has no rule or mixes samples."""
+    node = row.node
+    try:
+        lin = _Linearized(rec, row)
+        fn = lin.parents_vjp
+        with torch.no_grad():
+            fn(rec.values[node].new_zeros(rec.batch, width))
+            lin.params_vjp(rec.values[node].new_zeros(rec.batch, width))
+    except Exception as e:
+        raise UnsupportedLayerError(
+            f"{_where(node)} has no Jacobian rule in torch.func: {type(e).__name__}: {e}. Replace "
+            "it with a differentiable torch operation, or compute dE/dp with torch.autograd") from e
+    if mixes_samples(fn, rec.values[node].new_zeros(rec.batch, width), rec.batch):
+        raise UnsupportedLayerError(
+            f"{_where(node)} mixes samples: probing its vector-Jacobian product across the batch, "
+            "one sample's output sends gradient to another sample's input, so per-sample "
+            "Jacobians cannot describe it. Keep every operation per sample (reduce over "
+            "features, not over the batch dimension) or move the reduction into loss_fn")
+    return lin
+
+
+def _check_inputs(module: nn.Module, x: torch.Tensor) -> None:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     params = list(module.parameters())
-    if params:
-        for i, p in enumerate(params):
-            check_matches(f"parameter {i}", p, params[0].dtype, params[0].device,
-                          owner="the first parameter")
+    for i, p in enumerate(params):
+        check_matches(f"parameter {i}", p, params[0].dtype, params[0].device,
+                      owner="the first parameter")
+    if x.is_floating_point() and params:
         check_matches("x", x, params[0].dtype, params[0].device)
-    elif not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] == 0:
+    if x.dim() < 1 or x.shape[0] == 0 or (x.is_floating_point() and x.dim() < 2):
         raise ValueError(f"x must have a non-empty leading batch dimension, (batch, ...), got "
                          f"shape {tuple(x.shape)}; for one sample use x.unsqueeze(0)")
-    check_finite("x", x)
+    if x.is_floating_point():
+        check_finite("x", x)
     check_finite_named(module_tensors(module))
-    cap = _Capture(module, x)
-    known = {id(t) for *_, t in module_tensors(module)}
-    check_finite_named([("tensor attribute", n.target, cap.values[n]) for n in cap.graph.nodes
-                        if n.op == "get_attr" and isinstance(cap.values.get(n), torch.Tensor)
-                        and id(cap.values[n]) not in known])
-    out = cap.values[cap.output]
+
+
+def _output_gradients(rec: _Recorded, index: dict, g, loss_fn) -> tuple:
+    """``(loss, [(row, dE/d value)])`` for the outputs that are block rows."""
+    leaves = list(rec.output.args[0])
+    values = [rec.values[n] if isinstance(n, torch.fx.Node) else n for n in leaves]
+    rows = [i for i, n in enumerate(leaves) if isinstance(n, torch.fx.Node) and n in index]
+    if not rows:
+        raise UnsupportedLayerError(
+            f"{type(rec.module).__name__} returns nothing computed from its parameters and x "
+            "with the batch kept apart; it must return a tensor (or tuple / dataclass of tensors) "
+            "that depends on both")
     loss = None
     if g is None:
         if loss_fn is None:
             raise TypeError("give either g (dE/d output) or loss_fn")
-        loss, (g,) = loss_gradients([out], loss_fn)
-    elif g.shape != out.shape:
+        spec = rec.program.call_spec.out_spec
+        tensors = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+
+        def pack(*ts):
+            full = list(values)
+            for i, t in zip(tensors, ts):
+                full[i] = t
+            return pytree.tree_unflatten(full, spec)
+
+        loss, grads = loss_gradients([values[i] for i in tensors], loss_fn, pack)
+        by_leaf = dict(zip(tensors, grads))
+        return loss, [(index[leaves[i]], by_leaf[i]) for i in rows if by_leaf.get(i) is not None]
+    out = values[rows[0]]
+    if g.shape != out.shape:
         raise ValueError(f"g has shape {tuple(g.shape)} but the module output has {tuple(out.shape)}")
-    batch = cap.batch
-    gm_params = dict(cap.gm.named_parameters(remove_duplicate=False))   # tied weights: every name
+    return loss, [(index[leaves[rows[0]]], g)]
 
-    nodes, vjps, weights, fns = [], [], [], []
-    for node in cap.unknowns:
-        parents = cap.parents(node)
-        value = cap.values[node]
-        f = cap.node_function(node, parents)
-        structure = _structure(cap, node, parents)
-        nodes.append(GraphNode(node.name, _op_name(node, cap.gm), tuple(value.shape[1:]),
-                               tuple(cap.index[p] for p in parents), structure))
-        pnames = cap.param_names(node)
-        fns.append((node, f, parents, pnames))
-        frozen = {n: gm_params[n].detach() for n in pnames}
-        if parents:
-            primals = tuple(cap.values[p] for p in parents)
-            try:
-                with torch.no_grad():
-                    _, fn = vjp(lambda *vals, f=f, frozen=frozen: f(vals, frozen), *primals)
-                    fn(torch.zeros_like(value))      # fail here, not in the middle of a solve
-            except UnsupportedLayerError:
-                raise
-            except Exception as e:
-                raise UnsupportedLayerError(
-                    f"operation {_op_name(node, cap.gm)} (graph node {node.name!r}) has no Jacobian "
-                    f"rule in torch.func: {type(e).__name__}: {e}. Replace it with a "
-                    "differentiable torch operation, or compute dE/dp with torch.autograd") from e
-            if structure == "dense" and mixes_samples(fn, value, batch):
-                raise UnsupportedLayerError(
-                    f"operation {_op_name(node, cap.gm)} (graph node {node.name!r}) mixes samples: "
-                    "probing its vector-Jacobian product across the batch, one sample's output sends "
-                    "gradient to another sample's input, so per-sample Jacobians cannot describe it. "
-                    "Keep every operation per sample (reduce over features, not over the batch "
-                    "dimension) or move the reduction into loss_fn")
-        else:
-            fn = None
-        vjps.append(fn)
-        weights.append(cap.gm.get_submodule(node.target).weight.detach()
-                       if structure == "linear" else None)
 
-    rhs = [cap.values[n].new_zeros(batch, math.prod(cap.values[n].shape[1:])) for n in cap.unknowns]
-    rhs[cap.index[cap.output]] = g.reshape(batch, -1).to(rhs[0].dtype)
+def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
+            loss_fn: Callable | None = None):
+    """Export ``module`` on ``x`` and build its backward :class:`GraphSystem`.
+
+    Args:
+        module: any ``nn.Module`` that ``torch.export`` can capture on ``(x,)``; its
+            operations must keep samples apart (the batch may move between dimensions and merge
+            with others, as in ``(B, T, C) -> (B·T, C)`` or ``(B, T, E) -> (T, B, E)``).
+        x: the input batch ``(batch, ...)``: floating, or integer / boolean data such as token
+            ids (data is never an unknown; the system starts at the first operation that
+            depends on a parameter).
+        g: ``dE/d output`` for a module returning one tensor; or give ``loss_fn``.
+        loss_fn: ``loss_fn(module(x))`` returns the scalar loss E; it receives what the module
+            returns (a tensor, a tuple, a dataclass such as ``out.logits``).
+
+    Returns:
+        ``(system, loss, parameter_gradients)`` where ``parameter_gradients(v)`` maps a solution
+        to ``{name: dE/dp}`` (one VJP per node w.r.t. the parameters it reads; a parameter used
+        by several nodes, e.g. tied embeddings, gets the sum).
+
+    Raises:
+        UnsupportedLayerError: export fails, or an operation has no Jacobian rule or mixes
+            samples; the message names the operation, its source line and what to do.
+        ValueError: ``x``, a parameter, a buffer or a tensor attribute is not finite (named),
+            or the module fails on ``x``.
+    """
+    _check_inputs(module, x)
+    rec = _Recorded(module, x)
+    check_finite_named([("tensor attribute", n, t) for n, t in rec.program.constants.items()
+                        if isinstance(t, torch.Tensor)])
+    unknowns = _unknowns(rec)
+    index = {n: i for i, n in enumerate(unknowns)}
+    loss, out_grads = _output_gradients(rec, index, g, loss_fn)
+    batch = rec.batch
+    rows = [_Row(rec, n, index) for n in unknowns]
+    nodes, vjps, weights, lins = [], [], [], []
+    for row in rows:
+        value, lay = rec.values[row.node], rec.layout[row.node]
+        width = value.numel() // batch
+        structure = _structure(rec, row)
+        nodes.append(GraphNode(row.node.name, op_name(row.node), (width,),
+                               tuple(index[p] for p in row.parents), structure, lay))
+        lins.append(_checked_vjp(rec, row, width))
+        vjps.append(lins[-1].parents_vjp if row.parents else None)
+        weights.append(rec.values[row.node.args[1]] if structure == "linear" else None)
+    rhs = [rec.values[n].new_zeros(batch, rec.values[n].numel() // batch) for n in unknowns]
+    for i, gi in out_grads:
+        rhs[i] = rhs[i] + L.to_blocks(gi.to(rhs[i].dtype), rec.layout[unknowns[i]], batch)
     system = GraphSystem(nodes, rhs, vjps, weights)
-
     canonical = {id(p): n for n, p in module.named_parameters()}
+    owner = {n: canonical[id(p)] for n, p in module.named_parameters(remove_duplicate=False)}
 
     def parameter_gradients(v: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """``dE/dp`` from the solved errors: one VJP per node w.r.t. its parameters."""
         system._check_solution(v)
         found: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for j, (_node, f, parents, pnames) in enumerate(fns):
-                if not pnames:
-                    continue
-                vals = tuple(cap.values[p] for p in parents)
-                ps = {n: gm_params[n].detach() for n in pnames}
-                _, fn = vjp(lambda p, f=f, vals=vals: f(vals, p), ps)
-                (grads,) = fn(v[j].reshape(batch, *nodes[j].shape))
-                for n, gr in grads.items():
-                    key = canonical.get(id(gm_params[n]), n)
+        for j, row in enumerate(rows):
+            if row.params:
+                for n, gr in lins[j].params_vjp(v[j]).items():
+                    key = owner.get(n, n)
                     found[key] = gr if key not in found else found[key] + gr
         return {n: found[n] if n in found else torch.zeros_like(p)
                 for n, p in module.named_parameters()}
@@ -361,6 +365,7 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
 
 
 def backward_problem(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> BackwardProblem:
-    """The :class:`~trilib.systems.BackwardProblem` of any ``torch.fx``-traceable module."""
+    """The :class:`~trilib.systems.BackwardProblem` of any module ``torch.export`` captures."""
     system, loss, grads = capture(model, x, loss_fn=loss_fn)
     return BackwardProblem(system, loss, grads)
+

@@ -3,8 +3,9 @@
 * ``sequential``: back-substitution in reverse topological order, matrix-free (one
   vector-Jacobian product per node): ordinary backprop through the graph. k steps.
 * ``level_schedule``: the nodes grouped into level sets by longest path to the output; every
-  row of a level is solved at once from the levels below. Steps = the graph's depth (the
-  analysis/solve split of sparse triangular solvers).
+  row of a level is solved at once from the levels below, and the level's vector-Jacobian
+  products (independent of each other) push its errors on. Steps = the graph's depth (the
+  analysis/solve split of sparse triangular solvers); matrix-free, so no block is stored.
 * ``doubling``: ``(I - N)^{-1} = (I + N)(I + N^2)(I + N^4)...`` on the nilpotent ``N``
   (``N^depth = 0``), ceil(log2 depth) steps of materialised products.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_memory
 from .._numerics import ceil_log2
 from ..systems import GraphSystem
 from ._registry import register
@@ -48,10 +50,12 @@ def graph_substitution(system: GraphSystem, trace) -> list[torch.Tensor]:
 
 @register("level_schedule", GraphSystem, family="graph")
 def level_schedule(system: GraphSystem, trace) -> list[torch.Tensor]:
-    """Level scheduling: all rows of a level set at once, one batched product per level.
+    """Level scheduling: all rows of a level set at once, then the level's products at once.
 
-    ``levels[0]`` (the output) is ``r`` itself; level ``s`` needs only levels ``< s``, so
-    ``v[L_s] = r[L_s] + N[L_s, :] v``. Steps: ``system.depth``; work: one product per edge.
+    ``levels[0]`` (the output) is ``r`` itself; level ``s`` needs only levels ``< s``:
+    ``v[L_s] = r[L_s] + N[L_s, :] v``, where ``N[L_s, :] v`` was accumulated by the
+    vector-Jacobian products of the lower levels (independent of each other: one parallel
+    step). Steps: ``system.depth``; work: one product per edge; no block is materialised.
 
     Example:
         >>> import torch, trilib
@@ -61,17 +65,19 @@ def level_schedule(system: GraphSystem, trace) -> list[torch.Tensor]:
         >>> trace.steps == U.depth
         True
     """
-    n = system.dense_offdiagonal()
-    off = system.offsets
-    r = torch.cat(system.rhs, dim=-1)
-    v = torch.zeros_like(r)
+    acc = list(system.rhs)
+    v: list[torch.Tensor | None] = [None] * system.k
     with torch.no_grad():
         for level in system.levels:
-            rows = torch.cat([torch.arange(off[i], off[i + 1], device=r.device) for i in level])
-            v[:, rows] = r[:, rows] + torch.bmm(n[:, rows, :], v.unsqueeze(-1)).squeeze(-1)
+            for i in level:
+                v[i] = acc[i]
+            pushed = [system.transpose_jacobian(i, v[i]) for i in level]   # one parallel step
+            for contributions in pushed:
+                for p, c in contributions.items():
+                    acc[p] = acc[p] + c
             if trace is not None:
                 trace.add_step([(i, j) for i in level for j in system.children[i]])
-    return system.split(v)
+    return v
 
 
 @register("doubling", GraphSystem, family=("graph", "direct"))
@@ -91,6 +97,10 @@ def doubling(system: GraphSystem, trace) -> list[torch.Tensor]:
         (8, 3)
     """
     m = ceil_log2(system.depth)
+    check_memory(system.dense_peak_bytes(copies=3),
+                 f"doubling on a dense {system.offsets[-1]}-wide N for {system.batch_size} samples "
+                 "(N, its square and the product at once)",
+                 "Use method='sequential' or 'level_schedule', which never materialise N.")
     p = system.dense_offdiagonal()
     u = torch.cat(system.rhs, dim=-1)
     pattern = np.zeros((system.k, system.k), dtype=np.int64)

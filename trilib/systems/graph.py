@@ -1,8 +1,9 @@
 """The backward system of a computation graph (DAG): unit upper block triangular with the graph's
 pattern, ``N_ij = J_ji^T`` for each edge ``i -> j`` (docs/theory.md §3-4).
 
-The system holds, per node, a vector-Jacobian-product function and (for ``nn.Linear`` nodes) the
-weight; :mod:`trilib.graph` builds it from a traced module.
+The system holds, per node, a vector-Jacobian-product function on per-sample blocks and (for
+``linear`` nodes) the weight; :mod:`trilib.graph` builds it from a module captured by
+``torch.export``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ class GraphNode:
     """One block row of a :class:`GraphSystem`: an operation whose output carries the batch.
 
     Attributes:
-        name: the ``torch.fx`` node name (unique).
-        op: a readable name of the operation (module path and type, or function name).
-        shape: the per-sample output shape; the block width is its product.
+        name: the graph node name (unique).
+        op: a readable name of the operation (ATen name and the module it ran in).
+        shape: the per-sample block shape; the block width is its product.
         parents: indices of the block rows this operation reads (its incoming edges).
         structure: ``"linear"`` (block ``W^T`` shared by the batch), ``"diagonal"``
             (element-wise: ``diag(J^T 1)``) or ``"dense"`` (materialised per sample).
+        layout: where the batch lives in the node's value (a ``trilib.graph.layout.Layout``
+            ``(dim, outer, inner)``), or None when the batch is dimension 0.
     """
 
     name: str
@@ -37,6 +40,7 @@ class GraphNode:
     shape: tuple[int, ...]
     parents: tuple[int, ...]
     structure: str
+    layout: tuple[int, int, int] | None = None
 
 
 class GraphSystem(TriangularSystem):
@@ -44,7 +48,7 @@ class GraphSystem(TriangularSystem):
 
     Block row ``i`` is operation ``i`` in topological order; ``N_ij = J_ji^T`` for each edge
     ``i -> j``, so ``N`` is strictly block upper triangular with the graph's pattern. Build it
-    with :func:`trilib.backward_system` (any ``torch.fx``-traceable module).
+    with :func:`trilib.backward_system` (any module ``torch.export`` captures).
 
     Attributes:
         nodes: the :class:`GraphNode` of every block row.
@@ -86,8 +90,7 @@ class GraphSystem(TriangularSystem):
         node = self.nodes[j]
         if not node.parents:
             return {}
-        cot = self._vjps[j](v_j.reshape(v_j.shape[0], *node.shape))
-        return {i: c.reshape(c.shape[0], -1) for i, c in zip(node.parents, cot)}
+        return dict(zip(node.parents, self._vjps[j](v_j)))
 
     def apply_offdiagonal(self, u: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``N u`` by one VJP per node (no block is materialised)."""
@@ -104,17 +107,25 @@ class GraphSystem(TriangularSystem):
         per = sum(sizes[i] * sizes[j] for i, j in self.graph.edges)
         return self.batch_size * per * self.rhs[0].element_size()
 
+    def dense_peak_bytes(self, copies: int = 1) -> int:
+        """Peak bytes of a method holding ``copies`` dense ``(batch, N, N)`` matrices at once
+        (doubling: ``P``, its square and the product's workspace) next to the blocks."""
+        size = self.offsets[-1]
+        return (copies * self.batch_size * size * size * self.rhs[0].element_size()
+                + self.dense_block_bytes())
+
     def blocks(self) -> dict[tuple[int, int], torch.Tensor]:
         """Every block ``N_ij = J_ji^T`` as a ``(batch, n_i, n_j)`` tensor (cached).
 
         Linear layers give ``W^T`` (shared, expanded without copy), element-wise operations
-        ``diag(J^T 1)``, anything else a VJP vmapped over the ``n_j`` basis vectors.
+        ``diag(J^T 1)``, anything else the VJP batched over the ``n_j`` basis vectors.
         """
         if self._blocks is not None:
             return self._blocks
         check_memory(self.dense_block_bytes(), f"materialising the {self.graph.number_of_edges()} "
                      "Jacobian blocks of the graph",
-                     "Use method='sequential' or 'jacobi', which only need vector-Jacobian products.")
+                     "Use method='sequential' or 'level_schedule', which only need vector-Jacobian "
+                     "products.")
         batch, sizes = self.batch_size, self.block_sizes
         blocks: dict[tuple[int, int], torch.Tensor] = {}
         with torch.no_grad():
@@ -131,7 +142,7 @@ class GraphSystem(TriangularSystem):
                 else:
                     eye = torch.eye(sizes[j], dtype=self.dtype, device=self.device)
                     basis = eye.unsqueeze(1).expand(sizes[j], batch, sizes[j])
-                    rows = torch.vmap(lambda e, j=j: tuple(self.transpose_jacobian(j, e).values()))(basis)
+                    rows = self._vjps[j](basis, batched=True)
                     for i, r in zip(node.parents, rows):
                         blocks[(i, j)] = r.permute(1, 2, 0)       # (batch, n_i, n_j) = J_ji^T
         self._blocks = blocks
@@ -145,9 +156,8 @@ class GraphSystem(TriangularSystem):
     def dense_offdiagonal(self) -> torch.Tensor:
         """``N`` of every sample as one dense ``(batch, N, N)`` tensor (memory-checked)."""
         size = self.offsets[-1]
-        check_memory(self.batch_size * size * size * self.rhs[0].element_size(),
-                     f"a dense {size}x{size} N for {self.batch_size} samples",
-                     "Use method='sequential' or 'jacobi', which never materialise N.")
+        check_memory(self.dense_peak_bytes(), f"a dense {size}x{size} N for {self.batch_size} samples",
+                     "Use method='sequential' or 'level_schedule', which never materialise N.")
         off = self.offsets
         n = self.rhs[0].new_zeros(self.batch_size, size, size)
         for (i, j), b in self.blocks().items():
