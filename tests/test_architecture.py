@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trilib"
 BUILDERS = ("trilib.fnn", "trilib.rnn", "trilib.gated", "trilib.graph")
-FOUNDATION = ("trilib._checks", "trilib._numerics", "trilib._autograd", "trilib.trace")
+FOUNDATION = ("trilib._checks", "trilib._features", "trilib._numerics", "trilib._autograd", "trilib.trace")
 
 
 def module_name(path: Path) -> str:

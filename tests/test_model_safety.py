@@ -16,16 +16,17 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 import trilib
-from trilib._checks import UnsupportedLayerError, module_features
+from trilib._checks import UnsupportedLayerError
+from trilib._features import module_features
 
 EXACT = 1e-10
 
 
-def loss_fn(out):
+def skewed_loss(out):
     return out.square().sum() + out[:, 0].sum()
 
 
-def mlp(act=nn.Tanh):
+def tanh_mlp(act=nn.Tanh):
     return linear_stack(act, [4, 6, 5, 3], seed=0)
 
 
@@ -54,27 +55,27 @@ class LowRank(nn.Module):
 
 
 def _low_rank(frozen=False):
-    net = mlp()
+    net = tanh_mlp()
     net[2].weight.requires_grad_(not frozen)
     parametrize.register_parametrization(net[2], "weight", LowRank(5, 6))
     return net
 
 
 def _patched():
-    net = mlp()
+    net = tanh_mlp()
     inner = net[2].forward
     net[2].forward = lambda x: inner(x) + 0.5 * x[:, :5]      # LoRA-style: a patch on the instance
     return net
 
 
 def _hooked(index, kind, hook):
-    net = mlp()
+    net = tanh_mlp()
     getattr(net[index], f"register_forward_{kind}")(hook)
     return net
 
 
 def _pruned():
-    net = mlp()
+    net = tanh_mlp()
     prune.l1_unstructured(net[2], "weight", amount=0.5)
     prune.random_unstructured(net[4], "bias", amount=0.4)
     return net
@@ -94,20 +95,20 @@ def _reused():
 
 
 def _parametrized():
-    net = mlp()
+    net = tanh_mlp()
     parametrize.register_parametrization(net[2], "weight", Scale())
     parametrize.register_parametrization(net[4], "bias", Scale())
     return net
 
 
 def _weight_norm():
-    net = mlp()
+    net = tanh_mlp()
     net[0] = parametrizations.weight_norm(net[0])
     return net
 
 
 def _spectral_eval():
-    net = mlp()
+    net = tanh_mlp()
     net[2] = parametrizations.spectral_norm(net[2])
     net(torch.randn(2, 4, dtype=F64))               # one power iteration, then frozen
     return net.eval()
@@ -121,14 +122,14 @@ def _nested_hook():
 
 
 def _subclass():
-    net = mlp()
+    net = tanh_mlp()
     torch.manual_seed(4)
     net[2] = Doubled(6, 5, dtype=F64)
     return net
 
 
 def _old_weight_norm():
-    net = mlp()
+    net = tanh_mlp()
     with pytest.warns(FutureWarning):
         net[2] = nn.utils.weight_norm(net[2])           # the hook-based API: a forward pre-hook
     return net
@@ -163,7 +164,7 @@ EXACT_CASES = {
     "low-rank parametrization": (_low_rank, FNN),
     "weight_norm": (_weight_norm, FNN),
     "spectral_norm in eval mode": (_spectral_eval, FNN),
-    "ReLU(inplace=True)": (lambda: mlp(lambda: nn.ReLU(inplace=True)), FNN),
+    "ReLU(inplace=True)": (lambda: tanh_mlp(lambda: nn.ReLU(inplace=True)), FNN),
 }
 
 
@@ -177,15 +178,15 @@ def test_every_method_gives_autograds_gradients(case):
     make, system_type = EXACT_CASES[case]
     net = make()
     x = _x(net)
-    problem = trilib.api.backward_problem(net, x, loss_fn)
+    problem = trilib.api.backward_problem(net, x, skewed_loss)
     assert isinstance(problem.system, trilib.BlockBidiagonalSystem) == (system_type == FNN)
-    ref = autograd_grads(net, x, loss_fn)
+    ref = autograd_grads(net, x, skewed_loss)
     methods = trilib.methods(problem.system)
     assert len(methods) >= 4
     for method in methods:
         grads = problem.parameter_gradients(trilib.solve(problem.system, method))
         assert grad_error(grads, ref) <= EXACT, (case, method)
-    assert grad_error(trilib.gradients(net, x, loss_fn, method=methods[-1]), ref) <= EXACT
+    assert grad_error(trilib.gradients(net, x, skewed_loss, method=methods[-1]), ref) <= EXACT
 
 
 @pytest.mark.parametrize("case", ["forward hook on a Linear", "pruning", "tied weights", "weight_norm",
@@ -194,56 +195,56 @@ def test_backward_fills_grad_and_training_follows_autograd(case):
     make, _ = EXACT_CASES[case]
     ours, theirs = make(), make()                  # seeded: two equal models
     x = _x(ours)
-    trilib.backward(ours, x, loss_fn, method="sequential")
-    loss_fn(theirs(x)).backward()
+    trilib.backward(ours, x, skewed_loss, method="sequential")
+    skewed_loss(theirs(x)).backward()
     for (n, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=EXACT, atol=EXACT), n
     method = "blelloch" if case in ("pruning", "tied weights", "weight_norm") else "level_schedule"
     opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (ours, theirs)]
     for _ in range(3):
-        trilib.training.train_step(ours, x, loss_fn, opts[0], method=method)
+        trilib.training.train_step(ours, x, skewed_loss, opts[0], method=method)
         opts[1].zero_grad()
-        loss_fn(theirs(x)).backward()
+        skewed_loss(theirs(x)).backward()
         opts[1].step()
     for (n, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
         assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), n
 
 
 def test_a_global_forward_hook_is_honoured():
-    net, x = mlp(), torch.randn(3, 4, dtype=F64)
+    net, x = tanh_mlp(), torch.randn(3, 4, dtype=F64)
     handle = nn.modules.module.register_module_forward_hook(
         lambda m, i, o: 1.5 * o if isinstance(m, nn.Tanh) else None)
     try:
-        problem = trilib.api.backward_problem(net, x, loss_fn)
-        ref = autograd_grads(net, x, loss_fn)
+        problem = trilib.api.backward_problem(net, x, skewed_loss)
+        ref = autograd_grads(net, x, skewed_loss)
         for method in trilib.methods(problem.system):
             grads = problem.parameter_gradients(trilib.solve(problem.system, method))
             assert grad_error(grads, ref) <= EXACT, method
     finally:
         handle.remove()
-    assert isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
+    assert isinstance(trilib.backward_system(net, x, skewed_loss), trilib.BlockBidiagonalSystem)
 
 
 def _backward_hooked():
-    net = mlp()
+    net = tanh_mlp()
     net[2].register_full_backward_hook(lambda m, gi, go: (2 * gi[0],))
     return net
 
 
 def _grad_hooked():
-    net = mlp()
+    net = tanh_mlp()
     net[0].weight.register_hook(lambda g: 3 * g)
     return net
 
 
 def _old_spectral_training():
-    net = mlp()
+    net = tanh_mlp()
     net[2] = nn.utils.spectral_norm(net[2])             # the hook-based API
     return net
 
 
 def _spectral_training():
-    net = mlp()
+    net = tanh_mlp()
     net[2] = parametrizations.spectral_norm(net[2])
     return net
 
@@ -291,7 +292,7 @@ def test_what_cannot_be_exact_is_refused_naming_module_and_feature(case):
     net = make()
     x = torch.randn(5, 2, 3, dtype=F64) if isinstance(net, nn.RNNBase) else torch.randn(3, 4, dtype=F64)
     with pytest.raises(UnsupportedLayerError, match="torch.autograd") as info:
-        trilib.backward_system(net, x, loss_fn if not isinstance(net, nn.RNNBase)
+        trilib.backward_system(net, x, skewed_loss if not isinstance(net, nn.RNNBase)
                                else (lambda out: out[0].square().sum()))
     assert says in str(info.value)
 
@@ -308,26 +309,26 @@ def test_forward_system_refuses_hooks_and_computes_pruned_and_parametrized_weigh
 
 
 def test_a_hook_added_after_a_parse_is_seen():
-    net, x = mlp(), torch.randn(3, 4, dtype=F64)
-    assert isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
+    net, x = tanh_mlp(), torch.randn(3, 4, dtype=F64)
+    assert isinstance(trilib.backward_system(net, x, skewed_loss), trilib.BlockBidiagonalSystem)
     handle = net[1].register_forward_hook(lambda m, i, o: 2 * o)
-    assert not isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
+    assert not isinstance(trilib.backward_system(net, x, skewed_loss), trilib.BlockBidiagonalSystem)
     with pytest.raises(UnsupportedLayerError, match=r"module '1' \(Tanh\) has a forward hook"):
         trilib.fnn.parse_sequential(net)
     handle.remove()
-    assert isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
+    assert isinstance(trilib.backward_system(net, x, skewed_loss), trilib.BlockBidiagonalSystem)
 
 
 def test_a_patch_or_a_hooked_module_added_after_a_parse_is_seen():
-    net, x = mlp(), torch.randn(3, 4, dtype=F64)
+    net, x = tanh_mlp(), torch.randn(3, 4, dtype=F64)
     hooked = nn.Linear(6, 5, dtype=F64)
     hooked.register_forward_hook(lambda m, i, o: 2 * o)       # before the parse: no later hook
-    trilib.backward_system(net, x, loss_fn)
+    trilib.backward_system(net, x, skewed_loss)
     net[2] = hooked
     with pytest.raises(UnsupportedLayerError, match=r"module '2' \(Linear\) has a forward hook"):
         trilib.fnn.parse_sequential(net)
-    net = mlp()
-    trilib.backward_system(net, x, loss_fn)
+    net = tanh_mlp()
+    trilib.backward_system(net, x, skewed_loss)
     net[4].forward = lambda z: torch.zeros(len(z), 3, dtype=F64)
     with pytest.raises(UnsupportedLayerError, match=r"module '4' \(Linear\) has a patched forward"):
         trilib.fnn.parse_sequential(net)
@@ -346,7 +347,7 @@ def test_module_features_names_each_feature_once():
     found = {(f.module, f.feature) for f in module_features(net)}
     assert found == {("0", "a parametrization"), ("1", "inplace=True"), ("2", "pruning"),
                      ("4", "pruning"), ("4", "a forward pre-hook")}
-    assert module_features(mlp()) == []
+    assert module_features(tanh_mlp()) == []
     tied = {(f.module, f.feature, f.detail) for f in module_features(_tied())}
     assert tied == {("4", "a shared parameter", "4.weight is 0.weight"),
                     ("2", "a shared parameter", "2.bias is 0.bias")}
@@ -358,11 +359,11 @@ def test_inplace_refusal_by_the_graph_builder_says_inplace_false_works():
                         nn.Linear(4, 4, dtype=F64), nn.ReLU(inplace=True), nn.LayerNorm(4, dtype=F64))
     x = torch.randn(3, 4, dtype=F64)
     try:
-        problem = trilib.api.backward_problem(net, x, loss_fn)
+        problem = trilib.api.backward_problem(net, x, skewed_loss)
     except UnsupportedLayerError as e:
         assert "inplace=False" in str(e) and "'1'" in str(e)
     else:                        # a graph builder that accepts in-place modules must be exact
-        ref = autograd_grads(net, x, loss_fn)
+        ref = autograd_grads(net, x, skewed_loss)
         for method in trilib.methods(problem.system):
             grads = problem.parameter_gradients(trilib.solve(problem.system, method))
             assert grad_error(grads, ref) <= EXACT, method
@@ -373,17 +374,17 @@ def test_token_ids_are_never_told_to_become_floats():
     net = nn.Sequential(nn.Embedding(10, 4, dtype=F64), nn.Flatten(), nn.Linear(12, 3, dtype=F64))
     ids = torch.randint(0, 10, (2, 3))
     try:
-        problem = trilib.api.backward_problem(net, ids, loss_fn)
+        problem = trilib.api.backward_problem(net, ids, skewed_loss)
     except UnsupportedLayerError as e:              # a builder that cannot start at an embedding
         assert "int64 ids for the embedding '0' (Embedding)" in str(e)
         assert "converting them to floats would break the embedding" in str(e)
     else:                                           # one that takes ids as data must be exact
-        ref = autograd_grads(net, ids, loss_fn)
+        ref = autograd_grads(net, ids, skewed_loss)
         for method in trilib.methods(problem.system):
             grads = problem.parameter_gradients(trilib.solve(problem.system, method))
             assert grad_error(grads, ref) <= EXACT, method
     with pytest.raises(TypeError, match=r"convert it with x.to\(torch.float64\) if it holds numbers"):
-        trilib.gradients(mlp(), ids[:, :1].expand(2, 4), loss_fn)
+        trilib.gradients(tanh_mlp(), ids[:, :1].expand(2, 4), skewed_loss)
 
 
 def test_a_global_backward_hook_or_a_post_accumulate_hook_is_refused():
@@ -391,13 +392,13 @@ def test_a_global_backward_hook_or_a_post_accumulate_hook_is_refused():
     handle = nn.modules.module.register_module_full_backward_hook(lambda m, gi, go: None)
     try:
         with pytest.raises(UnsupportedLayerError, match=r"every module .* has a global backward hook"):
-            trilib.backward_system(mlp(), x, loss_fn)
+            trilib.backward_system(tanh_mlp(), x, skewed_loss)
     finally:
         handle.remove()
-    net = mlp()
+    net = tanh_mlp()
     net[4].bias.register_post_accumulate_grad_hook(lambda p: None)
     with pytest.raises(UnsupportedLayerError, match=r"'4' \(Linear\) has a gradient hook .* \(bias\)"):
-        trilib.backward_system(net, x, loss_fn)
+        trilib.backward_system(net, x, skewed_loss)
 
 
 class Block(nn.Module):
@@ -417,7 +418,7 @@ def _container_hooked():
 
 
 def _root_patched():
-    net = mlp()
+    net = tanh_mlp()
     net.forward = lambda z: nn.Sequential.forward(net, z) * 3
     return net
 
@@ -431,9 +432,9 @@ def _root_hooked(model, kind="hook"):
 # hooks and patches the graph builder's capture may not run (on the model itself, on a container
 # it traces through): exact with every method, or refused naming the module and the feature
 ROOT_CASES = {
-    "forward hook on the Sequential itself": (lambda: _root_hooked(mlp()),
+    "forward hook on the Sequential itself": (lambda: _root_hooked(tanh_mlp()),
                                               "'(the model)' (Sequential) has a forward hook"),
-    "forward pre-hook on the Sequential itself": (lambda: _root_hooked(mlp(), "pre_hook"),
+    "forward pre-hook on the Sequential itself": (lambda: _root_hooked(tanh_mlp(), "pre_hook"),
                                                   "'(the model)' (Sequential) has a forward pre-hook"),
     "forward patched on the Sequential itself": (_root_patched, "(Sequential) has a patched forward"),
     "forward hook on a custom model": (lambda: _root_hooked(Block()),
@@ -447,11 +448,11 @@ def test_hooks_the_capture_may_miss_are_exact_or_refused(case):
     make, says = ROOT_CASES[case]
     net, x = make(), torch.randn(3, 4, dtype=F64)
     try:
-        problem = trilib.api.backward_problem(net, x, loss_fn)
+        problem = trilib.api.backward_problem(net, x, skewed_loss)
     except UnsupportedLayerError as e:
         assert says in str(e) and "differs from model(x)" in str(e)
         return
-    ref = autograd_grads(net, x, loss_fn)
+    ref = autograd_grads(net, x, skewed_loss)
     for method in trilib.methods(problem.system):
         grads = problem.parameter_gradients(trilib.solve(problem.system, method))
         assert grad_error(grads, ref) <= EXACT, method
@@ -459,6 +460,6 @@ def test_hooks_the_capture_may_miss_are_exact_or_refused(case):
 
 def test_a_frozen_base_under_a_low_rank_parametrization():
     net, x = _low_rank(frozen=True), torch.randn(3, 4, dtype=F64)
-    assert isinstance(trilib.backward_system(net, x, loss_fn), trilib.BlockBidiagonalSystem)
+    assert isinstance(trilib.backward_system(net, x, skewed_loss), trilib.BlockBidiagonalSystem)
     for method in ("sequential", "blelloch", "jacobi"):
-        assert trilib.compare_to_autograd(net, x, loss_fn, method=method) <= EXACT
+        assert trilib.compare_to_autograd(net, x, skewed_loss, method=method) <= EXACT

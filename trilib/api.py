@@ -2,7 +2,7 @@
 
 This is the one place that knows every model builder: :func:`backward_problem` dispatches on
 the model's type (an FNN ``nn.Sequential``, an ``nn.RNN``, an ``RNNClassifier``, else any
-``torch.fx``-traceable module), so builders and solvers never import each other.
+module that ``torch.export`` can capture), so builders and solvers never import each other.
 """
 
 from __future__ import annotations
@@ -14,15 +14,8 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from . import fnn, gated, graph, rnn
-from ._checks import (
-    CHANGES_BACKWARD,
-    CHANGES_FORWARD,
-    UnsupportedLayerError,
-    check_finite_named,
-    module_features,
-    module_tensors,
-    refuse_features,
-)
+from ._checks import UnsupportedLayerError, check_finite_named, module_tensors
+from ._features import CHANGES_BACKWARD, CHANGES_FORWARD, module_features, refuse_features
 from ._numerics import rel_error
 from .solvers import check_method, methods, solve
 from .systems import BackwardProblem, RecurrentForwardSystem, TriangularSystem
@@ -37,8 +30,9 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     Dispatch on the model type: ``nn.RNN`` and :class:`trilib.rnn.RNNClassifier` go to the RNN
     builder; ``nn.GRU``, ``nn.LSTM`` and :class:`trilib.gated.GatedClassifier` to the gated one;
     an ``nn.Sequential`` of ``nn.Linear`` and element-wise activations to the FNN
-    builder; any other module (a Sequential with other layers too) to the graph builder, which
-    traces it with ``torch.fx``.
+    builder; any other module (a Sequential with other layers too, or one whose hooks, patched
+    ``forward`` or subclass change what it computes) to the graph builder, which captures it with
+    ``torch.export``.
 
     Every parameter and buffer that enters the system is checked to be finite before the
     forward pass (the error names it): by the FNN builder on its stacked weights, for any other
@@ -68,7 +62,7 @@ def backward_problem(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
 
 def _dispatch(model: nn.Module, x, loss_fn: Callable) -> BackwardProblem:
     """The builder for ``model``, after the checks that no builder computes something else than
-    ``model(x)`` and autograd would (:func:`trilib._checks.module_features`): the FNN parse
+    ``model(x)`` and autograd would (:func:`trilib._features.module_features`): the FNN parse
     refuses modules with hooks or a patched forward (they go to the graph builder, which runs
     the real module calls), the recurrent builders refuse every such feature, and a backward
     hook (which changes autograd's own gradients) is refused for every model."""
@@ -245,7 +239,7 @@ def backward_system(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> Tri
         model: an ``nn.Sequential`` of ``nn.Linear`` layers, each followed by zero or more
             element-wise activations (``trilib.fnn.ELEMENTWISE``): the FNN of docs/theory.md §1;
             an ``nn.RNN`` (docs/theory.md §2, see :mod:`trilib.rnn`); or any other module that
-            ``torch.fx`` can trace (docs/theory.md §3-4, see :mod:`trilib.graph`).
+            ``torch.export`` can capture (docs/theory.md §3-4, see :mod:`trilib.graph`).
         x: the input batch, ``(batch, n_0)`` for an FNN, same dtype and device as the model.
         loss_fn: ``loss_fn(model(x))`` returns the scalar loss E; ``g = dE/dz_k`` comes from
             autograd on the loss alone.

@@ -3,7 +3,7 @@ followed by element-wise activations, with every parameter's name; the parse of 
 while the model is unchanged.
 
 A module whose computation differs from its class (a hook, a patched or overridden ``forward``;
-:func:`trilib._checks.module_features`) is never parsed as a plain layer: the parse refuses it,
+:func:`trilib._features.module_features`) is never parsed as a plain layer: the parse refuses it,
 naming the module and the feature. A ``Linear`` whose weight is parametrized
 (``torch.nn.utils.parametrize``, ``weight_norm``) or pruned (``torch.nn.utils.prune``) is a
 layer with its *effective* ``W_l``; its gradient is chained back to the original parameters."""
@@ -23,10 +23,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .._autograd import ELEMENTWISE
-from .._checks import (
+from .._checks import UnsupportedLayerError
+from .._features import (
     CHANGES_BACKWARD,
     CHANGES_FORWARD,
-    UnsupportedLayerError,
     global_hooks,
     hooks_registered,
     module_features,
