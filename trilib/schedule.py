@@ -35,6 +35,7 @@ incoming value to its b rows.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -309,15 +310,14 @@ def brent(trace, P: int) -> BrentSchedule:
     for j, before in enumerate(deps):
         for i in before:
             children[i].append(j)
-    ready, busy = [j for j, w in enumerate(waiting) if w == 0], []
-    while ready:                               # ready stays sorted: trace order is priority
-        run, ready = ready[:P], ready[P:]
+    ready, busy = [j for j, w in enumerate(waiting) if w == 0], []     # a heap: trace order first
+    while ready:
+        run = [heapq.heappop(ready) for _ in range(min(P, len(ready)))]
         busy.append(len(run))
         for i in run:
             for j in children[i]:
                 waiting[j] -= 1
                 if waiting[j] == 0:
-                    ready.append(j)
-        ready.sort()
+                    heapq.heappush(ready, j)
     width = max(Counter(level).values(), default=0)
     return BrentSchedule(P=P, work=len(deps), depth=max(level, default=0), width=width, busy=tuple(busy))
