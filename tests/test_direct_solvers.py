@@ -208,12 +208,15 @@ def test_unknown_option_is_rejected():
 def test_tree_plots_draw_from_the_trace():
     import matplotlib
     matplotlib.use("Agg")
+    from matplotlib.collections import LineCollection
+
     from trilib.viz import plot_counts, plot_tree, tree_trace
 
     for method in METHODS:
         trace = tree_trace(method, 9)
         ax = plot_tree(trace, k=9, step=1)
-        assert len(ax.lines) > 0
+        segments = sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection))
+        assert segments == 9 + sum(len(pairs) for pairs in trace.combines)  # rails + combines
         assert method in ax.get_title()
     with pytest.raises(ValueError, match="step"):
         plot_tree(tree_trace("blelloch", 9), k=9, step=99)
