@@ -254,18 +254,16 @@ def test_unknown_option_is_rejected():
 def test_tree_plots_draw_from_the_trace():
     import matplotlib
     matplotlib.use("Agg")
-    from matplotlib.colors import same_color
+    from matplotlib.collections import LineCollection
 
     from trilib.viz import plot_counts, plot_tree, tree_trace
 
     for method in METHODS:
         trace = tree_trace(method, 9)
         ax = plot_tree(trace, k=9, step=1)
-        # one segment per combine, from source to target; step 1's in red, nothing else in red
-        hot = sorted((int(line.get_xdata()[1]), int(line.get_xdata()[0])) for line in ax.lines
-                     if same_color(line.get_color(), "C3"))
-        assert hot == sorted(trace.combines[1]), method
-        assert len(ax.lines) >= trace.work and method in ax.get_title()
+        segments = sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection))
+        assert segments == 9 + sum(len(pairs) for pairs in trace.combines)  # rails + combines
+        assert method in ax.get_title()
     with pytest.raises(ValueError, match="step"):
         plot_tree(tree_trace("blelloch", 9), k=9, step=99)
     fig = plot_counts([*METHODS, "sequential"], ks=range(2, 20))

@@ -38,12 +38,14 @@ incoming value to its rows. With uneven slabs the tree's makespan is
 
 from __future__ import annotations
 
+import heapq
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ._checks import check_int, check_memory
 from ._numerics import ceil_log2, slabs
 
-__all__ = ["Task", "Message", "Schedule", "METHODS", "simulate", "closed_form"]
+__all__ = ["Task", "Message", "Schedule", "METHODS", "simulate", "closed_form", "BrentSchedule", "brent"]
 
 #: The schedules :func:`simulate` lays out.
 METHODS = ("sequential", "jacobi", "block_jacobi", "tree")
@@ -263,3 +265,89 @@ def closed_form(method: str, k: int, P: int, m: int = 1) -> dict:
         messages = m * senders
         work = m * k + m * senders + m * (k - b)
     return {"steps": steps, "messages": messages, "idle": P * steps - work, "work": work}
+
+
+@dataclass(frozen=True)
+class BrentSchedule:
+    """Greedy list scheduling of a solve's combines on P processors (docs/theory.md §10).
+
+    Attributes:
+        P: processors.
+        work: combines in the trace (the DAG's nodes; ``trace.work`` for the direct methods).
+        depth: combines on the longest chain of dependent combines (the DAG's longest path):
+            the trace's steps that hold a combine for sequential substitution, recursive doubling
+            and PCR; one or two fewer for Blelloch and cyclic reduction, whose last up-sweep
+            (reduction) combine and first down-sweep (back-substitution) combines are independent.
+        width: the most combines that are ever ready at once (the widest level of the DAG):
+            from this ``P`` on, ``steps == depth``.
+        steps: steps the greedy schedule took; ``busy[s]`` combines ran in step ``s``.
+        bound: Brent's bound ``⌈work / P⌉ + depth``; ``steps <= bound`` always.
+    """
+
+    P: int
+    work: int
+    depth: int
+    width: int
+    busy: tuple[int, ...]
+
+    @property
+    def steps(self) -> int:
+        return len(self.busy)
+
+    @property
+    def bound(self) -> int:
+        return -(-self.work // self.P) + self.depth
+
+
+def brent(trace, P: int) -> BrentSchedule:
+    """Run a solve's combine DAG on ``P`` processors by greedy list scheduling.
+
+    The DAG has one node per ``(target, source)`` pair of ``trace.combines``; a combine of step
+    ``s`` depends on the last combine of an earlier step that wrote its ``target`` row and the
+    last one that wrote its ``source`` row. Each step runs up to ``P`` ready combines, earliest
+    trace step first. ``P = 1`` takes ``work`` steps; ``P >= width`` (the widest trace step for
+    every direct method except cyclic reduction at k = 3 and 5) takes the DAG's depth; no
+    ``P`` takes more than ``⌈work / P⌉ + depth`` (Brent).
+
+    Args:
+        trace: a :class:`trilib.trace.Trace` (``trilib.solve(..., return_trace=True)``).
+        P: processors, an int >= 1.
+
+    Example:
+        >>> import torch, trilib
+        >>> from trilib.schedule import brent
+        >>> net = trilib.nets.mlp([2] * 9, seed=0, dtype=torch.float64)
+        >>> U = trilib.backward_system(net, torch.randn(1, 2, dtype=torch.float64), lambda o: o.sum())
+        >>> _, trace = trilib.solve(U, "cyclic_reduction", return_trace=True)
+        >>> [(b.steps, b.bound) for b in (brent(trace, 1), brent(trace, 2), brent(trace, 4))]
+        [(11, 15), (6, 10), (4, 7)]
+    """
+    if not hasattr(trace, "combines"):
+        raise TypeError(f"brent(trace, P): trace must be a trilib Trace, got {type(trace).__name__}")
+    if isinstance(P, bool) or not isinstance(P, int) or P < 1:
+        raise ValueError(f"brent(trace, P): P must be an int >= 1, got {P!r}")
+    deps, level, last = [], [], {}            # last[row]: the latest combine that wrote row
+    for pairs in trace.combines:
+        wrote = {}
+        for target, source in pairs:
+            before = {last[r] for r in (target, source) if r in last}
+            deps.append(before)
+            level.append(1 + max((level[j] for j in before), default=0))
+            wrote[target] = len(deps) - 1
+        last.update(wrote)
+    waiting = [len(d) for d in deps]
+    children = [[] for _ in deps]
+    for j, before in enumerate(deps):
+        for i in before:
+            children[i].append(j)
+    ready, busy = [j for j, w in enumerate(waiting) if w == 0], []     # a heap: trace order first
+    while ready:
+        run = [heapq.heappop(ready) for _ in range(min(P, len(ready)))]
+        busy.append(len(run))
+        for i in run:
+            for j in children[i]:
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    heapq.heappush(ready, j)
+    width = max(Counter(level).values(), default=0)
+    return BrentSchedule(P=P, work=len(deps), depth=max(level, default=0), width=width, busy=tuple(busy))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.collections import LineCollection
 
 from .._checks import check_int
 from ..solvers import check_method, solve
@@ -56,14 +57,13 @@ def plot_tree(trace: Trace, k: int | None = None, step: int | None = None, ax=No
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4.0, 0.25 * k + 2), 0.5 * trace.steps + 1.8))
     levels = len(trace.combines)
-    for row in range(k):
-        ax.plot([row, row], [0, levels], color="0.85", lw=1, zorder=0)
+    ax.vlines(range(k), 0, levels, color="0.85", lw=1, zorder=0)
     for s, pairs in enumerate(trace.combines):
         hot = s == step
-        for t, src in pairs:
-            ax.plot([src, t], [s, s + 1], color="C3" if hot else "0.45", lw=2.2 if hot else 0.8,
-                    zorder=2 if hot else 1)
-        if pairs:
+        if pairs:      # one collection per step: a k = 64 tree has hundreds of combines
+            ax.add_collection(LineCollection([[(src, s), (t, s + 1)] for t, src in pairs],
+                                             colors="C3" if hot else "0.45", linewidths=2.2 if hot else 0.8,
+                                             zorder=2 if hot else 1))
             targets = [t for t, _ in pairs]
             ax.scatter(targets, [s + 1] * len(targets), s=22 if hot else 8,
                        color="C3" if hot else "0.3", zorder=3)
