@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import textwrap
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +59,9 @@ class Verdict:
         return self.passed
 
     def __str__(self) -> str:
-        return ("PASS: " if self.passed else "FAIL: ") + self.message
+        """``PASS:``/``FAIL:`` and the message, wrapped at 100 characters to fit a notebook."""
+        return textwrap.fill(("PASS: " if self.passed else "FAIL: ") + self.message, width=100,
+                             subsequent_indent="      ", break_long_words=False, break_on_hyphens=False)
 
     def _repr_pretty_(self, printer, cycle) -> None:       # IPython shows the sentence
         printer.text(str(self))
