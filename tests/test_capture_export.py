@@ -190,3 +190,56 @@ def test_small_gpt_builder():
     assert U.batch_size == 2 and net.head.weight is net.tok.weight
     with pytest.raises(ValueError, match="width divisible by heads"):
         trilib.nets.gpt(width=5, heads=2)
+
+
+def encoder_layer(batch_first=False):
+    return nn.TransformerEncoderLayer(4, 2, dim_feedforward=6, dropout=0.0,
+                                      batch_first=batch_first).to(DT).eval()
+
+
+def test_bare_encoder_layer_sequence_first():
+    """batch_first=False (the default): x is (T, B, E), the batch is read from the module."""
+    torch.manual_seed(0)
+    U = assert_all_methods_match(encoder_layer(), torch.randn(3, 2, 4, dtype=DT))
+    assert U.batch_size == 2
+
+
+class SequenceFirst(nn.Module):
+    """A wrapper whose input is (T, B, E): only the user knows where its batch is."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.head = encoder_layer(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.enc(x))
+
+
+def test_explicit_batch_dim():
+    torch.manual_seed(0)
+    net = SequenceFirst().to(DT).eval()
+    x = torch.randn(3, 2, 4, dtype=DT)
+    with pytest.raises(UnsupportedLayerError, match=r"dimension 0 of x, of size 3.*batch_dim="):
+        trilib.graph.backward_problem(net, x, tanh_loss)
+    ref = autograd_grads(net, x, tanh_loss)
+    problem = trilib.graph.backward_problem(net, x, tanh_loss, batch_dim=1)
+    assert problem.system.batch_size == 2
+    for m in trilib.methods(problem.system):
+        grads = problem.parameter_gradients(trilib.solve(problem.system, m))
+        assert all(rel(grads[n], ref[n]) <= 1e-10 for n in ref), m
+    batch_last = trilib.graph.backward_problem(encoder_layer(True), x.transpose(0, 1), tanh_loss,
+                                               batch_dim=-3)
+    assert batch_last.system.batch_size == 2
+
+
+@pytest.mark.parametrize("net, x, kwargs, error, match", [
+    (SequenceFirst(), torch.randn(3, 2, 4), dict(batch_dim=3), ValueError,
+     r"batch_dim=3 is not a dimension of x of shape \(3, 2, 4\)"),
+    (SequenceFirst(), torch.randn(3, 2, 4), dict(batch_dim="1"), TypeError, "batch_dim must be an int"),
+    (encoder_layer(), torch.randn(3, 4), {}, ValueError,
+     r"unbatched sequence for TransformerEncoderLayer.*batch_first=False.*batch_dim="),
+    (encoder_layer(), torch.randn(3, 0, 4), {}, ValueError, r"non-empty batch dimension \(dimension 1\)"),
+])
+def test_batch_dim_errors(net, x, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        trilib.graph.backward_problem(net.to(DT).eval(), x.to(DT), tanh_loss, **kwargs)

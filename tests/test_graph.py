@@ -303,7 +303,7 @@ def backward_hooked():
     (MixesSamples(), r"operation mean .*test_graph.py:\d+ .*cannot find the batch"),
     (Constant(), "returns nothing computed from its parameters and x"),
     (CustomFunction(), r"custom torch.autograd.Function _OldStyle"),
-    (backward_hooked(), r"module 0.fc1 \(Linear\) has a backward hook"),
+    (backward_hooked(), r"module '0.fc1' \(Linear\) has a backward hook"),
     (nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), r"BatchNorm1d\) is in training mode.*eval"),
     (nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)), r"Dropout\) is in training mode"),
 ])

@@ -43,8 +43,8 @@ class _Recorded:
     """An exported program run once on ``x``: every node's value, what it depends on (a
     parameter, the input) and where its batch lives."""
 
-    def __init__(self, module: nn.Module, x: torch.Tensor):
-        self.module, self.x, self.batch = module, x, x.shape[0]
+    def __init__(self, module: nn.Module, x: torch.Tensor, batch_dim: int = 0):
+        self.module, self.x, self.batch_dim, self.batch = module, x, batch_dim, x.shape[batch_dim]
         self.program = export_program(module, x)
         self.graph = self.program.graph_module.graph
         self.values: dict[torch.fx.Node, object] = {}
@@ -71,7 +71,7 @@ class _Recorded:
             if kind == "USER_INPUT":
                 self.values[node] = self.x
                 self.on_input.add(node)
-                self.layout[node] = L.Layout(0, 1, 1)
+                self.layout[node] = L.Layout(self.batch_dim, 1, 1)
             elif kind == "PARAMETER":
                 self.values[node] = own[spec.target].detach()
                 self.param_name[node] = spec.target
@@ -119,6 +119,12 @@ class _Recorded:
                 and isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
+def _batch_hint(rec: _Recorded) -> str:
+    return (f" (trilib took dimension {rec.batch_dim} of x, of size {rec.batch}, as the batch; if "
+            "the batch is elsewhere, pass batch_dim= that dimension to trilib.graph.capture or "
+            "trilib.graph.backward_problem)")
+
+
 def _unknowns(rec: _Recorded) -> list[torch.fx.Node]:
     """The block rows, each checked to carry the batch in a layout trilib can follow."""
     found = []
@@ -133,7 +139,7 @@ def _unknowns(rec: _Recorded) -> list[torch.fx.Node]:
                 f"size {rec.batch} as one factor of one dimension: it mixes samples (or reshapes "
                 "them together with other dimensions), so per-sample Jacobians cannot describe "
                 "it. Keep the batch dimension (e.g. flatten(1) instead of view(-1)) or move the "
-                "reduction into loss_fn")
+                "reduction into loss_fn" + _batch_hint(rec))
         found.append(node)
     return found
 
@@ -242,11 +248,12 @@ def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> _Linearized:
             f"{_where(node)} mixes samples: probing its vector-Jacobian product across the batch, "
             "one sample's output sends gradient to another sample's input, so per-sample "
             "Jacobians cannot describe it. Keep every operation per sample (reduce over "
-            "features, not over the batch dimension) or move the reduction into loss_fn")
+            "features, not over the batch dimension) or move the reduction into loss_fn"
+            + _batch_hint(rec))
     return lin
 
 
-def _check_inputs(module: nn.Module, x: torch.Tensor) -> None:
+def _check_inputs(module: nn.Module, x: torch.Tensor, batch_dim: int | None) -> int:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -257,12 +264,17 @@ def _check_inputs(module: nn.Module, x: torch.Tensor) -> None:
                       owner="the first parameter")
     if x.is_floating_point() and params:
         check_matches("x", x, params[0].dtype, params[0].device)
-    if x.dim() < 1 or x.shape[0] == 0 or (x.is_floating_point() and x.dim() < 2):
-        raise ValueError(f"x must have a non-empty leading batch dimension, (batch, ...), got "
-                         f"shape {tuple(x.shape)}; for one sample use x.unsqueeze(0)")
+    if x.dim() < 1 or (x.is_floating_point() and x.dim() < 2):
+        raise ValueError(f"x must have a leading batch dimension, (batch, ...), got shape "
+                         f"{tuple(x.shape)}; for one sample use x.unsqueeze(0)")
+    batch_dim = L.input_batch_dim(module, x, batch_dim)
+    if x.shape[batch_dim] == 0:
+        raise ValueError(f"x must have a non-empty {'leading ' if batch_dim == 0 else ''}batch "
+                         f"dimension (dimension {batch_dim}), got shape {tuple(x.shape)}")
     if x.is_floating_point():
         check_finite("x", x)
     check_finite_named(module_tensors(module))
+    return batch_dim
 
 
 def _output_gradients(rec: _Recorded, index: dict, g, loss_fn) -> tuple:
@@ -298,19 +310,22 @@ def _output_gradients(rec: _Recorded, index: dict, g, loss_fn) -> tuple:
 
 
 def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
-            loss_fn: Callable | None = None):
+            loss_fn: Callable | None = None, batch_dim: int | None = None):
     """Export ``module`` on ``x`` and build its backward :class:`GraphSystem`.
 
     Args:
         module: any ``nn.Module`` that ``torch.export`` can capture on ``(x,)``; its
             operations must keep samples apart (the batch may move between dimensions and merge
             with others, as in ``(B, T, C) -> (B·T, C)`` or ``(B, T, E) -> (T, B, E)``).
-        x: the input batch ``(batch, ...)``: floating, or integer / boolean data such as token
-            ids (data is never an unknown; the system starts at the first operation that
-            depends on a parameter).
+        x: the input batch (batch in dimension ``batch_dim``): floating, or integer / boolean
+            data such as token ids (data is never an unknown; the system starts at the first
+            operation that depends on a parameter).
         g: ``dE/d output`` for a module returning one tensor; or give ``loss_fn``.
         loss_fn: ``loss_fn(module(x))`` returns the scalar loss E; it receives what the module
             returns (a tensor, a tuple, a dataclass such as ``out.logits``).
+        batch_dim: the dimension of ``x`` that holds the batch; by default the one the module
+            declares (1 for a bare ``nn.TransformerEncoderLayer`` or ``nn.GRU`` with
+            ``batch_first=False``, see :func:`trilib.graph.layout.input_batch_dim`), else 0.
 
     Returns:
         ``(system, loss, parameter_gradients)`` where ``parameter_gradients(v)`` maps a solution
@@ -323,8 +338,7 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
         ValueError: ``x``, a parameter, a buffer or a tensor attribute is not finite (named),
             or the module fails on ``x``.
     """
-    _check_inputs(module, x)
-    rec = _Recorded(module, x)
+    rec = _Recorded(module, x, _check_inputs(module, x, batch_dim))
     check_finite_named([("tensor attribute", n, t) for n, t in rec.program.constants.items()
                         if isinstance(t, torch.Tensor)])
     unknowns = _unknowns(rec)
@@ -364,8 +378,10 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
     return system, loss, parameter_gradients
 
 
-def backward_problem(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> BackwardProblem:
-    """The :class:`~trilib.systems.BackwardProblem` of any module ``torch.export`` captures."""
-    system, loss, grads = capture(model, x, loss_fn=loss_fn)
+def backward_problem(model: nn.Module, x: torch.Tensor, loss_fn: Callable,
+                     batch_dim: int | None = None) -> BackwardProblem:
+    """The :class:`~trilib.systems.BackwardProblem` of any module ``torch.export`` captures
+    (``batch_dim`` as in :func:`capture`)."""
+    system, loss, grads = capture(model, x, loss_fn=loss_fn, batch_dim=batch_dim)
     return BackwardProblem(system, loss, grads)
 
