@@ -188,6 +188,8 @@ def test_small_gpt_builder():
     U = assert_all_methods_match(net, idx, lambda out: nn.functional.cross_entropy(
         out.reshape(-1, 5), idx.reshape(-1)))
     assert U.batch_size == 2 and net.head.weight is net.tok.weight
+    slow = {n.op.split()[0] for n in U.nodes if n.product == "autograd"}
+    assert slow == {"layer_norm", "scaled_dot_product_attention"}     # the rest is structured
     with pytest.raises(ValueError, match="width divisible by heads"):
         trilib.nets.gpt(width=5, heads=2)
 
@@ -243,3 +245,27 @@ def test_explicit_batch_dim():
 def test_batch_dim_errors(net, x, kwargs, error, match):
     with pytest.raises(error, match=match):
         trilib.graph.backward_problem(net.to(DT).eval(), x.to(DT), tanh_loss, **kwargs)
+
+
+class Moves(nn.Module):
+    """Shape operations with structured (permutation, scatter-add) transpose Jacobians, and one
+    that mixes data into its result (it keeps autograd's product)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(3, 4), nn.Linear(21, 2)
+
+    def forward(self, x):
+        h = self.fc(x).tanh()
+        parts = [h.flip(1), h.unsqueeze(1).expand(-1, 2, -1).reshape(len(x), -1), h[:, 1:3],
+                 torch.cat([h, x], 1)]
+        return self.out(torch.cat(parts, 1) * 2 + h.sum(1, keepdim=True))
+
+
+def test_structured_products_match_autograd():
+    torch.manual_seed(0)
+    net = Moves().to(DT)
+    assert_all_methods_match(net, torch.randn(4, 3, dtype=DT))
+    structured = trilib.graph.capture(net, torch.randn(4, 3, dtype=DT), loss_fn=tanh_loss)[0]
+    assert {n.product for n in structured.nodes} == {"", "permutation", "diagonal", "linear", "autograd"}
+    assert [n.product for n in structured.nodes if n.op.startswith("cat")] == ["autograd"] * 2

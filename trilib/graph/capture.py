@@ -23,6 +23,8 @@ from .._autograd import loss_gradients
 from .._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches, module_tensors
 from ..systems import BackwardProblem, GraphNode, GraphSystem
 from . import layout as L
+from ._fast import structured_vjp
+from ._linearized import Linearized, params_vjps, row_vjp
 from ._probes import mixes_samples
 from .export import export_program, op_name, source_line
 
@@ -192,49 +194,11 @@ def _structure(rec: _Recorded, row: _Row) -> str:
     return "dense"
 
 
-class _Linearized:
-    """One block row's forward recorded once by autograd (like autograd's own forward), so
-    each transpose-Jacobian product is one ``torch.autograd.grad`` on blocks, without retracing."""
-
-    def __init__(self, rec: _Recorded, row: _Row):
-        with torch.enable_grad():
-            self.ins = [rec.values[p].detach().requires_grad_(True) for p in row.parents]
-            self.ps = {n: rec.values[p].detach().requires_grad_(True) for n, p in row.params.items()}
-            self.out = row(self.ins, self.ps)
-        self.layout, self.shape = rec.layout[row.node], tuple(rec.values[row.node].shape)
-        self.parent_layouts = [rec.layout[p] for p in row.parents]
-        self.batch = rec.batch
-
-    def _grad(self, inputs, v: torch.Tensor, batched: bool):
-        if not inputs:
-            return []
-        if batched:          # (E, B, n): E cotangents at once (materialising a dense block)
-            cot = torch.vmap(lambda u: L.from_blocks(u, self.layout, self.shape))(v)
-        else:
-            cot = L.from_blocks(v, self.layout, self.shape)
-        grads = torch.autograd.grad(self.out, inputs, cot, retain_graph=True, allow_unused=True,
-                                    is_grads_batched=batched)
-        return [torch.zeros_like(x) if g is None and not batched else g
-                for g, x in zip(grads, inputs)]
-
-    def parents_vjp(self, v: torch.Tensor, batched: bool = False) -> list[torch.Tensor]:
-        """``[J_ji^T v_j]`` per parent ``i``, each ``(B, n_i)`` (``(E, B, n_i)`` if batched)."""
-        grads = self._grad(self.ins, v, batched)
-        conv = (lambda g, lay: torch.vmap(lambda t: L.to_blocks(t, lay, self.batch))(g)) if batched \
-            else (lambda g, lay: L.to_blocks(g, lay, self.batch))
-        return [conv(g if g is not None else torch.zeros(v.shape[0], *x.shape, dtype=v.dtype),
-                     lay) for g, x, lay in zip(grads, self.ins, self.parent_layouts)]
-
-    def params_vjp(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{name: (dx_j/dp)^T v_j}`` for the parameters this row reads."""
-        return dict(zip(self.ps, self._grad(list(self.ps.values()), v, False)))
-
-
-def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> _Linearized:
-    """:class:`_Linearized`, refused before any solve if it has no rule or mixes samples."""
+def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> Linearized:
+    """:class:`Linearized`, refused before any solve if it has no rule or mixes samples."""
     node = row.node
     try:
-        lin = _Linearized(rec, row)
+        lin = Linearized(rec, row)
         fn = lin.parents_vjp
         with torch.no_grad():
             fn(rec.values[node].new_zeros(rec.batch, width))
@@ -351,10 +315,11 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
         value, lay = rec.values[row.node], rec.layout[row.node]
         width = value.numel() // batch
         structure = _structure(rec, row)
-        nodes.append(GraphNode(row.node.name, op_name(row.node), (width,),
-                               tuple(index[p] for p in row.parents), structure, lay))
         lins.append(_checked_vjp(rec, row, width))
-        vjps.append(lins[-1].parents_vjp if row.parents else None)
+        product, fast = structured_vjp(rec, row, lins[-1], structure) if row.parents else ("", None)
+        nodes.append(GraphNode(row.node.name, op_name(row.node), (width,),
+                               tuple(index[p] for p in row.parents), structure, lay, product))
+        vjps.append(row_vjp(lins[-1], fast) if row.parents else None)
         weights.append(rec.values[row.node.args[1]] if structure == "linear" else None)
     rhs = [rec.values[n].new_zeros(batch, rec.values[n].numel() // batch) for n in unknowns]
     for i, gi in out_grads:
@@ -367,11 +332,10 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
         """``dE/dp`` from the solved errors: one VJP per node w.r.t. its parameters."""
         system._check_solution(v)
         found: dict[str, torch.Tensor] = {}
-        for j, row in enumerate(rows):
-            if row.params:
-                for n, gr in lins[j].params_vjp(v[j]).items():
-                    key = owner.get(n, n)
-                    found[key] = gr if key not in found else found[key] + gr
+        with torch.no_grad():
+            for n, gr in params_vjps(lins, v).items():
+                key = owner.get(n, n)
+                found[key] = gr if key not in found else found[key] + gr
         return {n: found[n] if n in found else torch.zeros_like(p)
                 for n, p in module.named_parameters()}
 

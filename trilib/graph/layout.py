@@ -21,7 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["Layout", "SHAPE_OPS", "from_blocks", "infer", "input_batch_dim", "sample_ids", "to_blocks"]
+__all__ = ["Layout", "SHAPE_OPS", "from_blocks", "infer", "input_batch_dim", "sample_ids", "strided_like",
+           "to_blocks"]
 
 # Operations that only move elements around: their sample layout follows from applying them to
 # a tensor of sample indices (first argument; a list of tensors for cat and stack).
@@ -172,6 +173,8 @@ def infer(node, value, args_info, batch: int, apply_shape_op) -> object:
 def to_blocks(t: torch.Tensor, layout: Layout, batch: int) -> torch.Tensor:
     """A value as its ``(B, n)`` per-sample blocks."""
     d, a, c = layout
+    if d == 0 and a == 1:
+        return t.reshape(batch, -1)
     s = tuple(t.shape)
     return t.reshape(s[:d] + (a, batch, c) + s[d + 1:]).movedim(d + 1, 0).reshape(batch, -1)
 
@@ -179,6 +182,18 @@ def to_blocks(t: torch.Tensor, layout: Layout, batch: int) -> torch.Tensor:
 def from_blocks(u: torch.Tensor, layout: Layout, shape: tuple[int, ...]) -> torch.Tensor:
     """The inverse of :func:`to_blocks`: ``(B, n)`` blocks back to a value of ``shape``."""
     d, a, c = layout
+    if d == 0 and a == 1:
+        return u.reshape(shape)
     batch = u.shape[0]
     s = tuple(shape)
     return u.reshape((batch,) + s[:d] + (a, c) + s[d + 1:]).movedim(0, d + 1).reshape(s)
+
+
+def strided_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` (differentiably) with the strides of ``ref``, the value a graph recorded: an exported
+    ``view`` needs the memory layout its trace saw."""
+    if t.stride() == ref.stride():
+        return t
+    if ref.is_contiguous() or any(st == 0 and n > 1 for st, n in zip(ref.stride(), ref.shape)):
+        return t.contiguous()
+    return torch.empty_strided(ref.shape, ref.stride(), dtype=t.dtype, device=t.device).copy_(t)
