@@ -188,5 +188,84 @@ def test_small_gpt_builder():
     U = assert_all_methods_match(net, idx, lambda out: nn.functional.cross_entropy(
         out.reshape(-1, 5), idx.reshape(-1)))
     assert U.batch_size == 2 and net.head.weight is net.tok.weight
+    slow = {n.op.split()[0] for n in U.nodes if n.product == "autograd"}
+    assert slow == {"layer_norm", "scaled_dot_product_attention"}     # the rest is structured
     with pytest.raises(ValueError, match="width divisible by heads"):
         trilib.nets.gpt(width=5, heads=2)
+
+
+def encoder_layer(batch_first=False):
+    return nn.TransformerEncoderLayer(4, 2, dim_feedforward=6, dropout=0.0,
+                                      batch_first=batch_first).to(DT).eval()
+
+
+def test_bare_encoder_layer_sequence_first():
+    """batch_first=False (the default): x is (T, B, E), the batch is read from the module."""
+    torch.manual_seed(0)
+    U = assert_all_methods_match(encoder_layer(), torch.randn(3, 2, 4, dtype=DT))
+    assert U.batch_size == 2
+
+
+class SequenceFirst(nn.Module):
+    """A wrapper whose input is (T, B, E): only the user knows where its batch is."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.head = encoder_layer(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.enc(x))
+
+
+def test_explicit_batch_dim():
+    torch.manual_seed(0)
+    net = SequenceFirst().to(DT).eval()
+    x = torch.randn(3, 2, 4, dtype=DT)
+    with pytest.raises(UnsupportedLayerError, match=r"dimension 0 of x, of size 3.*batch_dim="):
+        trilib.graph.backward_problem(net, x, tanh_loss)
+    ref = autograd_grads(net, x, tanh_loss)
+    problem = trilib.graph.backward_problem(net, x, tanh_loss, batch_dim=1)
+    assert problem.system.batch_size == 2
+    for m in trilib.methods(problem.system):
+        grads = problem.parameter_gradients(trilib.solve(problem.system, m))
+        assert all(rel(grads[n], ref[n]) <= 1e-10 for n in ref), m
+    batch_last = trilib.graph.backward_problem(encoder_layer(True), x.transpose(0, 1), tanh_loss,
+                                               batch_dim=-3)
+    assert batch_last.system.batch_size == 2
+
+
+@pytest.mark.parametrize("net, x, kwargs, error, match", [
+    (SequenceFirst(), torch.randn(3, 2, 4), dict(batch_dim=3), ValueError,
+     r"batch_dim=3 is not a dimension of x of shape \(3, 2, 4\)"),
+    (SequenceFirst(), torch.randn(3, 2, 4), dict(batch_dim="1"), TypeError, "batch_dim must be an int"),
+    (encoder_layer(), torch.randn(3, 4), {}, ValueError,
+     r"unbatched sequence for TransformerEncoderLayer.*batch_first=False.*batch_dim="),
+    (encoder_layer(), torch.randn(3, 0, 4), {}, ValueError, r"non-empty batch dimension \(dimension 1\)"),
+])
+def test_batch_dim_errors(net, x, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        trilib.graph.backward_problem(net.to(DT).eval(), x.to(DT), tanh_loss, **kwargs)
+
+
+class Moves(nn.Module):
+    """Shape operations with structured (permutation, scatter-add) transpose Jacobians, and one
+    that mixes data into its result (it keeps autograd's product)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(3, 4), nn.Linear(21, 2)
+
+    def forward(self, x):
+        h = self.fc(x).tanh()
+        parts = [h.flip(1), h.unsqueeze(1).expand(-1, 2, -1).reshape(len(x), -1), h[:, 1:3],
+                 torch.cat([h, x], 1)]
+        return self.out(torch.cat(parts, 1) * 2 + h.sum(1, keepdim=True))
+
+
+def test_structured_products_match_autograd():
+    torch.manual_seed(0)
+    net = Moves().to(DT)
+    assert_all_methods_match(net, torch.randn(4, 3, dtype=DT))
+    structured = trilib.graph.capture(net, torch.randn(4, 3, dtype=DT), loss_fn=tanh_loss)[0]
+    assert {n.product for n in structured.nodes} == {"", "permutation", "diagonal", "linear", "autograd"}
+    assert [n.product for n in structured.nodes if n.op.startswith("cat")] == ["autograd"] * 2

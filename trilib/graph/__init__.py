@@ -14,7 +14,10 @@ pattern is the graph's edges. An FNN is the chain; skips, branches and merges ad
 further from the diagonal.
 
 Matrix-free methods (``sequential``, ``level_schedule``, ``jacobi``) need only vector-Jacobian
-products ``J^T v`` (one ``torch.autograd.grad`` per row on the row's recorded forward);
+products ``J^T v``: applied in their structured form where a row has one (a shape operation is a
+permutation, an element-wise one a diagonal, a Linear over tokens ``I_T ⊗ W^T``: ``GraphNode.
+product``), else one ``torch.autograd.grad`` on the row's recorded forward; the parameter
+gradients of all rows are one call of autograd's engine;
 ``doubling`` needs the blocks themselves, materialised per sample: structured where cheap
 (``W^T`` for a Linear, ``diag(f'(x))`` for element-wise operations) and otherwise by the VJP
 batched over basis vectors (what ``torch.func.jacrev`` does).

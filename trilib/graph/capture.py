@@ -23,6 +23,8 @@ from .._autograd import loss_gradients
 from .._checks import UnsupportedLayerError, check_finite, check_finite_named, check_matches, module_tensors
 from ..systems import BackwardProblem, GraphNode, GraphSystem
 from . import layout as L
+from ._fast import structured_vjp
+from ._linearized import Linearized, params_vjps, row_vjp
 from ._probes import mixes_samples
 from .export import export_program, op_name, source_line
 
@@ -43,8 +45,8 @@ class _Recorded:
     """An exported program run once on ``x``: every node's value, what it depends on (a
     parameter, the input) and where its batch lives."""
 
-    def __init__(self, module: nn.Module, x: torch.Tensor):
-        self.module, self.x, self.batch = module, x, x.shape[0]
+    def __init__(self, module: nn.Module, x: torch.Tensor, batch_dim: int = 0):
+        self.module, self.x, self.batch_dim, self.batch = module, x, batch_dim, x.shape[batch_dim]
         self.program = export_program(module, x)
         self.graph = self.program.graph_module.graph
         self.values: dict[torch.fx.Node, object] = {}
@@ -71,7 +73,7 @@ class _Recorded:
             if kind == "USER_INPUT":
                 self.values[node] = self.x
                 self.on_input.add(node)
-                self.layout[node] = L.Layout(0, 1, 1)
+                self.layout[node] = L.Layout(self.batch_dim, 1, 1)
             elif kind == "PARAMETER":
                 self.values[node] = own[spec.target].detach()
                 self.param_name[node] = spec.target
@@ -119,6 +121,12 @@ class _Recorded:
                 and isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
+def _batch_hint(rec: _Recorded) -> str:
+    return (f" (trilib took dimension {rec.batch_dim} of x, of size {rec.batch}, as the batch; if "
+            "the batch is elsewhere, pass batch_dim= that dimension to trilib.graph.capture or "
+            "trilib.graph.backward_problem)")
+
+
 def _unknowns(rec: _Recorded) -> list[torch.fx.Node]:
     """The block rows, each checked to carry the batch in a layout trilib can follow."""
     found = []
@@ -133,7 +141,7 @@ def _unknowns(rec: _Recorded) -> list[torch.fx.Node]:
                 f"size {rec.batch} as one factor of one dimension: it mixes samples (or reshapes "
                 "them together with other dimensions), so per-sample Jacobians cannot describe "
                 "it. Keep the batch dimension (e.g. flatten(1) instead of view(-1)) or move the "
-                "reduction into loss_fn")
+                "reduction into loss_fn" + _batch_hint(rec))
         found.append(node)
     return found
 
@@ -186,49 +194,11 @@ def _structure(rec: _Recorded, row: _Row) -> str:
     return "dense"
 
 
-class _Linearized:
-    """One block row's forward recorded once by autograd (like autograd's own forward), so
-    each transpose-Jacobian product is one ``torch.autograd.grad`` on blocks, without retracing."""
-
-    def __init__(self, rec: _Recorded, row: _Row):
-        with torch.enable_grad():
-            self.ins = [rec.values[p].detach().requires_grad_(True) for p in row.parents]
-            self.ps = {n: rec.values[p].detach().requires_grad_(True) for n, p in row.params.items()}
-            self.out = row(self.ins, self.ps)
-        self.layout, self.shape = rec.layout[row.node], tuple(rec.values[row.node].shape)
-        self.parent_layouts = [rec.layout[p] for p in row.parents]
-        self.batch = rec.batch
-
-    def _grad(self, inputs, v: torch.Tensor, batched: bool):
-        if not inputs:
-            return []
-        if batched:          # (E, B, n): E cotangents at once (materialising a dense block)
-            cot = torch.vmap(lambda u: L.from_blocks(u, self.layout, self.shape))(v)
-        else:
-            cot = L.from_blocks(v, self.layout, self.shape)
-        grads = torch.autograd.grad(self.out, inputs, cot, retain_graph=True, allow_unused=True,
-                                    is_grads_batched=batched)
-        return [torch.zeros_like(x) if g is None and not batched else g
-                for g, x in zip(grads, inputs)]
-
-    def parents_vjp(self, v: torch.Tensor, batched: bool = False) -> list[torch.Tensor]:
-        """``[J_ji^T v_j]`` per parent ``i``, each ``(B, n_i)`` (``(E, B, n_i)`` if batched)."""
-        grads = self._grad(self.ins, v, batched)
-        conv = (lambda g, lay: torch.vmap(lambda t: L.to_blocks(t, lay, self.batch))(g)) if batched \
-            else (lambda g, lay: L.to_blocks(g, lay, self.batch))
-        return [conv(g if g is not None else torch.zeros(v.shape[0], *x.shape, dtype=v.dtype),
-                     lay) for g, x, lay in zip(grads, self.ins, self.parent_layouts)]
-
-    def params_vjp(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{name: (dx_j/dp)^T v_j}`` for the parameters this row reads."""
-        return dict(zip(self.ps, self._grad(list(self.ps.values()), v, False)))
-
-
-def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> _Linearized:
-    """:class:`_Linearized`, refused before any solve if it has no rule or mixes samples."""
+def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> Linearized:
+    """:class:`Linearized`, refused before any solve if it has no rule or mixes samples."""
     node = row.node
     try:
-        lin = _Linearized(rec, row)
+        lin = Linearized(rec, row)
         fn = lin.parents_vjp
         with torch.no_grad():
             fn(rec.values[node].new_zeros(rec.batch, width))
@@ -242,11 +212,12 @@ def _checked_vjp(rec: _Recorded, row: _Row, width: int) -> _Linearized:
             f"{_where(node)} mixes samples: probing its vector-Jacobian product across the batch, "
             "one sample's output sends gradient to another sample's input, so per-sample "
             "Jacobians cannot describe it. Keep every operation per sample (reduce over "
-            "features, not over the batch dimension) or move the reduction into loss_fn")
+            "features, not over the batch dimension) or move the reduction into loss_fn"
+            + _batch_hint(rec))
     return lin
 
 
-def _check_inputs(module: nn.Module, x: torch.Tensor) -> None:
+def _check_inputs(module: nn.Module, x: torch.Tensor, batch_dim: int | None) -> int:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -257,12 +228,17 @@ def _check_inputs(module: nn.Module, x: torch.Tensor) -> None:
                       owner="the first parameter")
     if x.is_floating_point() and params:
         check_matches("x", x, params[0].dtype, params[0].device)
-    if x.dim() < 1 or x.shape[0] == 0 or (x.is_floating_point() and x.dim() < 2):
-        raise ValueError(f"x must have a non-empty leading batch dimension, (batch, ...), got "
-                         f"shape {tuple(x.shape)}; for one sample use x.unsqueeze(0)")
+    if x.dim() < 1 or (x.is_floating_point() and x.dim() < 2):
+        raise ValueError(f"x must have a leading batch dimension, (batch, ...), got shape "
+                         f"{tuple(x.shape)}; for one sample use x.unsqueeze(0)")
+    batch_dim = L.input_batch_dim(module, x, batch_dim)
+    if x.shape[batch_dim] == 0:
+        raise ValueError(f"x must have a non-empty {'leading ' if batch_dim == 0 else ''}batch "
+                         f"dimension (dimension {batch_dim}), got shape {tuple(x.shape)}")
     if x.is_floating_point():
         check_finite("x", x)
     check_finite_named(module_tensors(module))
+    return batch_dim
 
 
 def _output_gradients(rec: _Recorded, index: dict, g, loss_fn) -> tuple:
@@ -298,19 +274,22 @@ def _output_gradients(rec: _Recorded, index: dict, g, loss_fn) -> tuple:
 
 
 def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
-            loss_fn: Callable | None = None):
+            loss_fn: Callable | None = None, batch_dim: int | None = None):
     """Export ``module`` on ``x`` and build its backward :class:`GraphSystem`.
 
     Args:
         module: any ``nn.Module`` that ``torch.export`` can capture on ``(x,)``; its
             operations must keep samples apart (the batch may move between dimensions and merge
             with others, as in ``(B, T, C) -> (B·T, C)`` or ``(B, T, E) -> (T, B, E)``).
-        x: the input batch ``(batch, ...)``: floating, or integer / boolean data such as token
-            ids (data is never an unknown; the system starts at the first operation that
-            depends on a parameter).
+        x: the input batch (batch in dimension ``batch_dim``): floating, or integer / boolean
+            data such as token ids (data is never an unknown; the system starts at the first
+            operation that depends on a parameter).
         g: ``dE/d output`` for a module returning one tensor; or give ``loss_fn``.
         loss_fn: ``loss_fn(module(x))`` returns the scalar loss E; it receives what the module
             returns (a tensor, a tuple, a dataclass such as ``out.logits``).
+        batch_dim: the dimension of ``x`` that holds the batch; by default the one the module
+            declares (1 for a bare ``nn.TransformerEncoderLayer`` or ``nn.GRU`` with
+            ``batch_first=False``, see :func:`trilib.graph.layout.input_batch_dim`), else 0.
 
     Returns:
         ``(system, loss, parameter_gradients)`` where ``parameter_gradients(v)`` maps a solution
@@ -323,8 +302,7 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
         ValueError: ``x``, a parameter, a buffer or a tensor attribute is not finite (named),
             or the module fails on ``x``.
     """
-    _check_inputs(module, x)
-    rec = _Recorded(module, x)
+    rec = _Recorded(module, x, _check_inputs(module, x, batch_dim))
     check_finite_named([("tensor attribute", n, t) for n, t in rec.program.constants.items()
                         if isinstance(t, torch.Tensor)])
     unknowns = _unknowns(rec)
@@ -337,10 +315,11 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
         value, lay = rec.values[row.node], rec.layout[row.node]
         width = value.numel() // batch
         structure = _structure(rec, row)
-        nodes.append(GraphNode(row.node.name, op_name(row.node), (width,),
-                               tuple(index[p] for p in row.parents), structure, lay))
         lins.append(_checked_vjp(rec, row, width))
-        vjps.append(lins[-1].parents_vjp if row.parents else None)
+        product, fast = structured_vjp(rec, row, lins[-1], structure) if row.parents else ("", None)
+        nodes.append(GraphNode(row.node.name, op_name(row.node), (width,),
+                               tuple(index[p] for p in row.parents), structure, lay, product))
+        vjps.append(row_vjp(lins[-1], fast) if row.parents else None)
         weights.append(rec.values[row.node.args[1]] if structure == "linear" else None)
     rhs = [rec.values[n].new_zeros(batch, rec.values[n].numel() // batch) for n in unknowns]
     for i, gi in out_grads:
@@ -353,19 +332,20 @@ def capture(module: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None,
         """``dE/dp`` from the solved errors: one VJP per node w.r.t. its parameters."""
         system._check_solution(v)
         found: dict[str, torch.Tensor] = {}
-        for j, row in enumerate(rows):
-            if row.params:
-                for n, gr in lins[j].params_vjp(v[j]).items():
-                    key = owner.get(n, n)
-                    found[key] = gr if key not in found else found[key] + gr
+        with torch.no_grad():
+            for n, gr in params_vjps(lins, v).items():
+                key = owner.get(n, n)
+                found[key] = gr if key not in found else found[key] + gr
         return {n: found[n] if n in found else torch.zeros_like(p)
                 for n, p in module.named_parameters()}
 
     return system, loss, parameter_gradients
 
 
-def backward_problem(model: nn.Module, x: torch.Tensor, loss_fn: Callable) -> BackwardProblem:
-    """The :class:`~trilib.systems.BackwardProblem` of any module ``torch.export`` captures."""
-    system, loss, grads = capture(model, x, loss_fn=loss_fn)
+def backward_problem(model: nn.Module, x: torch.Tensor, loss_fn: Callable,
+                     batch_dim: int | None = None) -> BackwardProblem:
+    """The :class:`~trilib.systems.BackwardProblem` of any module ``torch.export`` captures
+    (``batch_dim`` as in :func:`capture`)."""
+    system, loss, grads = capture(model, x, loss_fn=loss_fn, batch_dim=batch_dim)
     return BackwardProblem(system, loss, grads)
 

@@ -19,8 +19,10 @@ import operator
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
-__all__ = ["Layout", "SHAPE_OPS", "from_blocks", "infer", "sample_ids", "to_blocks"]
+__all__ = ["Layout", "SHAPE_OPS", "from_blocks", "infer", "input_batch_dim", "sample_ids", "strided_like",
+           "to_blocks"]
 
 # Operations that only move elements around: their sample layout follows from applying them to
 # a tensor of sample indices (first argument; a list of tensors for cat and stack).
@@ -31,6 +33,52 @@ SHAPE_OPS = {
     "movedim", "narrow", "index", "index_select", "view_as", "reshape_as", "flip", "roll",
     "repeat", "lift_fresh_copy", "_to_copy", "to", "type_as", "as_strided", "diagonal",
 }
+
+
+# torch modules that declare where their input's batch is (``batch_first``; False: dimension 1).
+_SEQUENCE_FIRST = (nn.TransformerEncoderLayer, nn.TransformerEncoder, nn.TransformerDecoderLayer,
+                   nn.TransformerDecoder, nn.Transformer, nn.MultiheadAttention, nn.RNNBase)
+
+
+def _declared_batch_first(module: nn.Module) -> bool | None:
+    """``batch_first`` of a torch sequence module (read from its attention if it has none)."""
+    if not isinstance(module, _SEQUENCE_FIRST):
+        return None
+    for sub in module.modules():
+        if hasattr(sub, "batch_first"):
+            return bool(sub.batch_first)
+    return None
+
+
+def input_batch_dim(module: nn.Module, x: torch.Tensor, batch_dim: int | None = None) -> int:
+    """The dimension of ``x`` that holds the batch: ``batch_dim`` if given (validated), else
+    the one ``module`` declares (``batch_first=False`` on an ``nn.TransformerEncoderLayer``,
+    ``nn.Transformer*``, ``nn.MultiheadAttention`` or ``nn.RNN``/``GRU``/``LSTM``: dimension
+    1), else 0.
+
+    Raises:
+        ValueError: ``batch_dim`` is not a dimension of ``x``, or ``x`` of a module that
+            declares ``batch_first`` has no batch dimension (an unbatched sequence).
+    """
+    if batch_dim is not None:
+        if isinstance(batch_dim, bool) or not isinstance(batch_dim, int):
+            raise TypeError(f"batch_dim must be an int (the dimension of x that holds the batch), "
+                            f"got {type(batch_dim).__name__}")
+        if not -x.dim() <= batch_dim < x.dim():
+            raise ValueError(f"batch_dim={batch_dim} is not a dimension of x of shape "
+                             f"{tuple(x.shape)}; pass the index of the dimension that holds the batch")
+        return batch_dim % x.dim()
+    first = _declared_batch_first(module)
+    if first is None:
+        return 0
+    dims = 2 if isinstance(module, nn.RNNBase) else 3
+    if x.dim() < dims:
+        raise ValueError(
+            f"x of shape {tuple(x.shape)} is an unbatched sequence for {type(module).__name__}, "
+            f"which takes {dims}-dimensional input with the batch in dimension "
+            f"{0 if first else 1} (batch_first={first}); add that batch dimension, or pass "
+            "batch_dim= the dimension of x that holds the batch")
+    return 0 if first else 1
 
 
 class Layout(NamedTuple):
@@ -125,6 +173,8 @@ def infer(node, value, args_info, batch: int, apply_shape_op) -> object:
 def to_blocks(t: torch.Tensor, layout: Layout, batch: int) -> torch.Tensor:
     """A value as its ``(B, n)`` per-sample blocks."""
     d, a, c = layout
+    if d == 0 and a == 1:
+        return t.reshape(batch, -1)
     s = tuple(t.shape)
     return t.reshape(s[:d] + (a, batch, c) + s[d + 1:]).movedim(d + 1, 0).reshape(batch, -1)
 
@@ -132,6 +182,18 @@ def to_blocks(t: torch.Tensor, layout: Layout, batch: int) -> torch.Tensor:
 def from_blocks(u: torch.Tensor, layout: Layout, shape: tuple[int, ...]) -> torch.Tensor:
     """The inverse of :func:`to_blocks`: ``(B, n)`` blocks back to a value of ``shape``."""
     d, a, c = layout
+    if d == 0 and a == 1:
+        return u.reshape(shape)
     batch = u.shape[0]
     s = tuple(shape)
     return u.reshape((batch,) + s[:d] + (a, c) + s[d + 1:]).movedim(0, d + 1).reshape(s)
+
+
+def strided_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` (differentiably) with the strides of ``ref``, the value a graph recorded: an exported
+    ``view`` needs the memory layout its trace saw."""
+    if t.stride() == ref.stride():
+        return t
+    if ref.is_contiguous() or any(st == 0 and n > 1 for st, n in zip(ref.stride(), ref.shape)):
+        return t.contiguous()
+    return torch.empty_strided(ref.shape, ref.stride(), dtype=t.dtype, device=t.device).copy_(t)

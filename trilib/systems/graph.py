@@ -33,6 +33,11 @@ class GraphNode:
             (element-wise: ``diag(J^T 1)``) or ``"dense"`` (materialised per sample).
         layout: where the batch lives in the node's value (a ``trilib.graph.layout.Layout``
             ``(dim, outer, inner)``), or None when the batch is dimension 0.
+        product: how ``J_ji^T v`` is applied: ``"permutation"`` (a shape operation: a gather
+            or scatter-add of ``v``), ``"diagonal"`` (``d ⊙ v``), ``"linear"`` (``v W`` per
+            token: ``I_T ⊗ W^T``), all without a call into autograd, or ``"autograd"`` (one
+            ``torch.autograd.grad`` on the row's recorded forward); ``""`` for a row without
+            parents.
     """
 
     name: str
@@ -41,6 +46,7 @@ class GraphNode:
     parents: tuple[int, ...]
     structure: str
     layout: tuple[int, int, int] | None = None
+    product: str = "autograd"
 
 
 class GraphSystem(TriangularSystem):
