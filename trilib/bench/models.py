@@ -53,10 +53,12 @@ def _setup(vocab: int, width: int, layers: int, tokens: int, batch: int):
     return net, idx, loss_fn
 
 
-def _gradient_fns(methods, vocab, width, layers, tokens, batch) -> tuple[dict, dict, list]:
+def _gradient_fns(methods, vocab, width, layers, tokens, batch) -> tuple[dict, dict, list, list]:
     """``{method: () -> gradients}`` for autograd and every method that builds, ``{method:
-    error message}`` for those that raise, and autograd's gradients."""
+    error message}`` for those that raise, autograd's gradients, and the methods tried (``None``:
+    every method the captured system lists)."""
     from .. import api
+    from ..solvers import methods as listed
     from ..solvers import solve
 
     net, idx, loss_fn = _setup(vocab, width, layers, tokens, batch)
@@ -64,6 +66,8 @@ def _gradient_fns(methods, vocab, width, layers, tokens, batch) -> tuple[dict, d
     loss = loss_fn(net(idx))
     fns = {AUTOGRAD: lambda: torch.autograd.grad(loss, params, retain_graph=True)}
     problem = api.backward_problem(net, idx, loss_fn)
+    if methods is None:
+        methods = list(listed(problem.system))
     failed = {}
     for method in methods:
         fn = (lambda m=method: list(problem.parameter_gradients(solve(problem.system, m)).values()))
@@ -73,12 +77,12 @@ def _gradient_fns(methods, vocab, width, layers, tokens, batch) -> tuple[dict, d
             failed[method] = f"{type(err).__name__}: {err}"
             continue
         fns[method] = fn
-    return fns, failed, list(fns[AUTOGRAD]())
+    return fns, failed, list(fns[AUTOGRAD]()), methods
 
 
 def _peak_rss(method: str, vocab: int, width: int, layers: int, tokens: int, batch: int) -> dict:
     """In this (fresh) process: one gradient computation by ``method``; peak RSS in MiB."""
-    fns, failed, _ = _gradient_fns([] if method == AUTOGRAD else [method], vocab, width, layers,
+    fns, failed, _, _ = _gradient_fns([] if method == AUTOGRAD else [method], vocab, width, layers,
                                    tokens, batch)
     if method in failed:
         raise RuntimeError(failed[method])
@@ -90,17 +94,12 @@ def run_models(vocab: int = 32, width: int = 16, layers: int = 2, tokens: int = 
                repeats: int = 3, methods=None, timeout: float = 600.0, progress=None) -> list[dict]:
     """Autograd and every listed method (or ``methods``) on the small GPT: times side by side in
     this process, peak memory in one subprocess each."""
-    from .. import api
     from .._numerics import rel_error
-    from ..solvers import methods as listed
 
     sizes = dict(vocab=vocab, width=width, layers=layers, tokens=tokens, batch=batch)
-    if methods is None:
-        net, idx, loss_fn = _setup(**sizes)
-        methods = list(listed(api.backward_system(net, idx, loss_fn)))
     threads = torch.get_num_threads()
     try:
-        fns, failed, ref = _gradient_fns(methods, **sizes)
+        fns, failed, ref, methods = _gradient_fns(methods, **sizes)
         times = {m: median(t) for m, t in measure(fns, repeats=repeats, warmup=1).items()}
         errors = {m: float(rel_error(fns[m](), ref)) for m in fns}
     finally:
