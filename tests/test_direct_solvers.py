@@ -225,9 +225,34 @@ def test_memory_guard_config(method, monkeypatch):
 
 def test_memory_guard_raises_before_allocating(monkeypatch):
     system = random_system([8] * 10, upper=True)
-    monkeypatch.setattr(torch.Tensor, "new_zeros", lambda *a, **kw: pytest.fail("allocated"))
+    for allocate in ("new_empty", "new_zeros"):
+        monkeypatch.setattr(torch.Tensor, allocate, lambda *a, **kw: pytest.fail("allocated"))
     with pytest.raises(trilib.MemoryLimitError):
         trilib.solve(system, "blelloch", memory_limit=1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("sizes", [[5] * 65, [2, 6, 1, 4, 4, 3, 7]])
+def test_a_solve_allocates_once_what_its_check_estimated(method, sizes, monkeypatch):
+    """The memory check's estimate is what a solve allocates, counted independently by the
+    profiler's allocator events: the solution and one block for the whole scan (stacks and
+    buffers), nothing inside the step loop (fresh memory per step costs page faults)."""
+    system = random_system(sizes, upper=True)
+    estimates = []
+
+    def check_memory(nbytes, *args, **kwargs):
+        estimates.append(nbytes)
+        return real_check(nbytes, *args, **kwargs)
+    real_check = trilib.solvers._direct.check_memory
+    monkeypatch.setattr(trilib.solvers._direct, "check_memory", check_memory)
+    expected = trilib.solve(system, method)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+        u = trilib.solve(system, method)
+    allocated = [e.cpu_memory_usage for e in profile.events()     # every allocation ends in one
+                 if e.name in ("aten::empty", "aten::empty_strided") and e.cpu_memory_usage > 0]
+    assert len(allocated) == 2 and sum(allocated) == estimates[-1]
+    assert all(torch.equal(a, b) for a, b in zip(u, expected, strict=True))
 
 
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-5, ValueError), (1.5, TypeError),

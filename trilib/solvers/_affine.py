@@ -32,11 +32,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Step", "combine", "doubling", "scan"]
+__all__ = ["Step", "buffer_rows", "combine", "doubling", "scan"]
 
 
 def combine(B_t: torch.Tensor, r_t: torch.Tensor | None, B_s: torch.Tensor | None,
-            r_s: torch.Tensor | None, *, diagonal: bool = False):
+            r_s: torch.Tensor | None, *, diagonal: bool = False, out=None):
     """``(B_t, r_t) ∘ (B_s, r_s) = (B_t B_s, r_t + B_t r_s)``: the target map after absorbing
     the source map.
 
@@ -44,6 +44,8 @@ def combine(B_t: torch.Tensor, r_t: torch.Tensor | None, B_s: torch.Tensor | Non
     ``r = None``: a map with no constant part (``r = 0``). Products are matrix products, or
     element-wise with ``diagonal=True`` (each ``B`` is the diagonal of a matrix). ``r`` is a
     column (or a matrix of columns) ``(..., n, m)`` for matrix products, ``(..., n)`` else.
+    ``out=(B, r)``: tensors the result is written into (``B`` unused when ``B_s`` is ``None``);
+    they must not share memory with the operands.
 
     Example:
         >>> B, r = torch.tensor([[2.0]]), torch.tensor([[1.0]])
@@ -51,10 +53,12 @@ def combine(B_t: torch.Tensor, r_t: torch.Tensor | None, B_s: torch.Tensor | Non
         (tensor([[4.]]), tensor([[3.]]))
     """
     mul = torch.mul if diagonal else torch.matmul
-    B = None if B_s is None else mul(B_t, B_s)
+    B_out, r_out = (None, None) if out is None else out
+    B = None if B_s is None else mul(B_t, B_s, out=B_out)
     if r_s is None:
         return B, r_t
-    return B, (mul(B_t, r_s) if r_t is None else r_t + mul(B_t, r_s))
+    r = mul(B_t, r_s, out=r_out)
+    return B, (r if r_t is None else r.add_(r_t))
 
 
 @dataclass(frozen=True)
@@ -93,24 +97,61 @@ def doubling(k: int) -> list[Step]:
     return steps
 
 
+def buffer_rows(schedule: Iterable[Step]) -> tuple[int, int]:
+    """Rows of the buffers :func:`scan` allocates for ``schedule``: ``(blocks, columns)``, room
+    for the largest step's targets, sources and products of ``B`` (a step that forms no ``B``
+    needs only its targets), and for its ``r`` sources and products.
+
+    Example:
+        >>> buffer_rows(doubling(5))        # steps of 4, 3 and 1 rows; the last forms no B
+        (12, 8)
+    """
+    steps = list(schedule)
+    most = max((s.count for s in steps), default=0)
+    most_matrix = max((s.count for s in steps if s.matrix), default=0)
+    return most + 2 * most_matrix, 2 * most
+
+
+def _read(X: torch.Tensor, rows: slice, buffer: torch.Tensor) -> torch.Tensor:
+    """Rows of a stack: a view where they are contiguous, else copied into ``buffer``."""
+    view = X[rows]
+    return view if view.is_contiguous() else buffer.copy_(view)
+
+
 def scan(B: torch.Tensor, r: torch.Tensor, schedule: Iterable[Step], *, diagonal: bool = False,
+         buffers: tuple[torch.Tensor, torch.Tensor] | None = None,
          record: Callable[[Step], None] | None = None) -> torch.Tensor:
     """Run ``schedule`` on the stacks ``B`` and ``r`` (first axis: the rows), in place; returns
     ``r``, which then holds the solution in every row the schedule solved. ``B`` of the row
     solved first must be zero. ``record(step)`` is called after each step (a trace).
 
-    Each step reads all its operands before it writes, so a row may be a target and a source of
-    the same step.
+    A step reads its operands (views of the stacks where they are contiguous rows, else copies
+    in buffers) before it writes, so a row may be a target and a source of the same
+    step. **Memory**: the buffers are allocated once, before the first step, sized by the
+    largest step (:func:`buffer_rows`; or given as ``buffers``, tensors with at least those
+    rows), and every product is written into them; a scan allocates nothing else (fresh memory
+    per step can go back to the OS and be mapped again by the next solve, a page fault per
+    4 KiB page: benchmarks/README.md, issue 20).
 
     Example:
         >>> B, r = torch.tensor([[0.0], [2.0], [2.0], [2.0]]), torch.ones(4, 1)
         >>> scan(B, r, doubling(4), diagonal=True).flatten().tolist()   # u_p = 2 u_{p-1} + 1
         [1.0, 3.0, 7.0, 15.0]
     """
+    schedule = tuple(schedule)
+    blocks, columns = buffer_rows(schedule)
+    if buffers is None:
+        buffers = B.new_empty((blocks, *B.shape[1:])), r.new_empty((columns, *r.shape[1:]))
+    B_buf, r_buf = buffers
+    most, blocks = columns // 2, B_buf.shape[0]
     for step in schedule:
-        t, s = step.slices()
-        B_t = B[t].contiguous()      # a strided step's targets: one copy, read by both products
-        B_t, r[t] = combine(B_t, r[t], B[s] if step.matrix else None, r[s], diagonal=diagonal)
+        t, s, c = *step.slices(), step.count
+        B_t = _read(B, t, B_buf[:c])                    # the targets' maps, read by both products
+        B_s = _read(B, s, B_buf[most:most + c]) if step.matrix else None
+        r_s = _read(r, s, r_buf[:c])
+        out = B_buf[blocks - c:] if step.matrix else None, r_buf[most:most + c]
+        B_t, r_t = combine(B_t, r[t], B_s, r_s, diagonal=diagonal, out=out)
+        r[t] = r_t
         if B_t is not None:
             B[t] = B_t
         if record is not None:

@@ -24,7 +24,7 @@ from .._checks import check_memory
 from .._numerics import ceil_log2
 from ..systems import BlockBidiagonalSystem, BlockVector
 from ..trace import StridedPairs
-from ._affine import Step, scan
+from ._affine import Step, buffer_rows, scan
 
 __all__ = ["direct_solve", "doubling_work", "in_block_rows", "stacks"]
 
@@ -48,19 +48,15 @@ def in_block_rows(schedule: list[Step], system: BlockBidiagonalSystem) -> list[S
     return [Step(k - 1 - s.first, -s.stride, s.count, -s.dist, s.matrix) for s in schedule]
 
 
-def stacks(system: BlockBidiagonalSystem, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B`` ``(k, batch, n, n)`` and ``r`` ``(k, batch, n, 1)`` in block rows, new memory (the
-    scan writes into it): one operation per run of equal-shaped blocks or rows."""
-    k, batch, upper = system.k, system.batch_size, system.upper
-    runs = system.row_runs
-    if all(run.width == n for run in runs):      # nothing to pad: one copy, no zero fill
-        r = runs[0].rhs.clone(memory_format=torch.contiguous_format) if len(runs) == 1 else \
-            torch.cat([run.rhs for run in runs])
-    else:
-        r = runs[0].rhs.new_zeros(k, batch, n)
-        for run in runs:
-            r[run.start:run.stop, :, :run.width] = run.rhs
-    B = r.new_empty(k, batch, n, n)
+def stacks(system: BlockBidiagonalSystem, B: torch.Tensor, r: torch.Tensor) -> None:
+    """Write the system into ``B`` ``(k, batch, n, n)`` and ``r`` ``(k, batch, n, 1)``, in block
+    rows: one operation per run of equal-shaped blocks or rows."""
+    k, n, upper = system.k, B.shape[-1], system.upper
+    r = r.squeeze(-1)
+    if any(run.width != n for run in system.row_runs):
+        r.zero_()                                # padded rows: zeros below each block
+    for run in system.row_runs:
+        r[run.start:run.stop, :, :run.width] = run.rhs
     if any(run.mats.shape[-2:] != (n, n) for run in system.block_runs):
         B.zero_()                                # padded blocks: zeros outside each block
     else:
@@ -69,12 +65,9 @@ def stacks(system: BlockBidiagonalSystem, n: int) -> tuple[torch.Tensor, torch.T
     for run in system.block_runs:
         rows, cols = run.mats.shape[-2:]
         dst = B[run.start + shift:run.stop + shift, :, :rows, :cols]
-        m = run.mats.unsqueeze(1) if run.shared else run.mats
-        if run.scales is None:
-            dst.copy_(m.expand_as(dst))
-        else:
-            torch.mul(run.scales.unsqueeze(-1), m, out=dst)
-    return B, r.unsqueeze(-1)
+        dst.copy_((run.mats.unsqueeze(1) if run.shared else run.mats).expand_as(dst))
+        if run.scales is not None:
+            dst.mul_(run.scales.unsqueeze(-1))
 
 
 def _record(trace):
@@ -85,7 +78,7 @@ def _record(trace):
 
 
 def direct_solve(system: BlockBidiagonalSystem, method: str, schedule: list[Step], trace,
-                 live_products: int, memory_limit: int | None = None) -> BlockVector:
+                 memory_limit: int | None = None) -> BlockVector:
     """Solve ``system`` by the affine scan ``schedule`` (scan positions, see the module doc).
 
     Args:
@@ -93,17 +86,26 @@ def direct_solve(system: BlockBidiagonalSystem, method: str, schedule: list[Step
         method: the solver's name, for the error message.
         schedule: the method's steps.
         trace: a :class:`~trilib.trace.Trace` or ``None``.
-        live_products: the most ``n x n`` products one step forms at once; the memory estimate is
-            ``(k + 3 · live_products) · batch · n² · itemsize`` bytes.
         memory_limit: overrides ``trilib.config.memory_limit_bytes`` when given.
+
+    **Memory**: a solve allocates twice, the amount checked against the limit: the solution
+    ``(k, batch, n)`` and, once for the whole scan, the blocks and the scan's buffers
+    (:func:`~._affine.buffer_rows`), ``(k + blocks) · batch · n² + columns · batch · n``
+    elements.
 
     Raises:
         MemoryLimitError: the estimate exceeds the limit (raised before allocating anything).
     """
     k, batch, n = system.k, system.batch_size, max(system.block_sizes)
-    nbytes = (k + 3 * live_products) * batch * n * n * system.dtype.itemsize
+    blocks, columns = buffer_rows(schedule)
+    sizes = [(k + blocks) * batch * n * n, columns * batch * n]
+    nbytes = (sum(sizes) + k * batch * n) * system.dtype.itemsize
     check_memory(nbytes, f"method={method!r}: {k} padded {n}x{n} blocks for a batch of {batch} "
-                 f"and one step's products", SUGGESTION, limit=memory_limit)
-    B, r = stacks(system, n)
-    u = scan(B, r, in_block_rows(schedule, system), record=_record(trace))
-    return BlockVector.from_stack(u.squeeze(-1), system.block_sizes)
+                 f"and the largest step's products", SUGGESTION, limit=memory_limit)
+    r = system.row_runs[0].rhs.new_empty(k, batch, n, 1)
+    memory = r.new_empty(sum(sizes)).split(sizes)
+    B, B_buffer = memory[0].view(k + blocks, batch, n, n).split([k, blocks])
+    stacks(system, B, r)
+    scan(B, r, in_block_rows(schedule, system), buffers=(B_buffer, memory[1].view(columns, batch, n, 1)),
+         record=_record(trace))
+    return BlockVector.from_stack(r.squeeze(-1), system.block_sizes)

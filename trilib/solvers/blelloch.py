@@ -72,5 +72,4 @@ def blelloch(system: BlockBidiagonalSystem, trace, memory_limit: int | None = No
         >>> trace.steps, trace.work
         (3, 4)
     """
-    return direct_solve(system, "blelloch", schedule(system.k), trace, live_products=system.k // 2,
-                        memory_limit=memory_limit)
+    return direct_solve(system, "blelloch", schedule(system.k), trace, memory_limit=memory_limit)

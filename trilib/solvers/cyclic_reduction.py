@@ -77,5 +77,4 @@ def cyclic_reduction(system: BlockBidiagonalSystem, trace, memory_limit: int | N
         >>> trace.steps, trace.work
         (3, 4)
     """
-    return direct_solve(system, "cyclic_reduction", schedule(system.k), trace,
-                        live_products=system.k // 2, memory_limit=memory_limit)
+    return direct_solve(system, "cyclic_reduction", schedule(system.k), trace, memory_limit=memory_limit)

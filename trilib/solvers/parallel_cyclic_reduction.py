@@ -60,4 +60,4 @@ def parallel_cyclic_reduction(system: BlockBidiagonalSystem, trace,
         (2, 5)
     """
     return direct_solve(system, "parallel_cyclic_reduction", schedule(system.k), trace,
-                        live_products=system.k - 1, memory_limit=memory_limit)
+                        memory_limit=memory_limit)

@@ -41,5 +41,4 @@ def recursive_doubling(system: BlockBidiagonalSystem, trace, memory_limit: int |
         (2, 5, [(1, 3), (0, 2)])
     """
     # every row p = d .. k-1 (it has a row d places before it) absorbs row p - d, d = 1, 2, 4, ...
-    return direct_solve(system, "recursive_doubling", doubling(system.k), trace,
-                        live_products=system.k - 1, memory_limit=memory_limit)
+    return direct_solve(system, "recursive_doubling", doubling(system.k), trace, memory_limit=memory_limit)
