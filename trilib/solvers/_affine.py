@@ -143,7 +143,7 @@ def scan(B: torch.Tensor, r: torch.Tensor, schedule: Iterable[Step], *, diagonal
     if buffers is None:
         buffers = B.new_empty((blocks, *B.shape[1:])), r.new_empty((columns, *r.shape[1:]))
     B_buf, r_buf = buffers
-    most, blocks = columns // 2, B_buf.shape[0]
+    most = columns // 2                                 # the largest step's rows
     for step in schedule:
         t, s, c = *step.slices(), step.count
         B_t = _read(B, t, B_buf[:c])                    # the targets' maps, read by both products
